@@ -1,0 +1,291 @@
+"""The release's 3D toy: GAL in parameter space on a two-minimum surface z(x, y).
+
+The surface (GAL.md, ``3d_example/`` of the release)::
+
+    z(x, y) = -sin(x^2) cos(3 y^2) exp(-(x y)^2) - exp(-(x + y)^2)
+
+is minimised from ``(0.75, 1.0)`` by one of five optimizers with the release's settings
+(:data:`TOY_SETTINGS`), with or without :class:`galcore.ParamGAL` adjusting the gradient of the
+2-vector ``(x, y)``. :func:`run_toy` records the trajectory, the loss at every point, GAL's
+acceptance decisions and tentative-step remainders, and the Taylor remainder of every real
+optimizer step (:func:`galcore.remainder_terms`, in float64).
+
+As in the release, h (2 -> 64 -> 24 -> 2, linear, Xavier-uniform weights, zero biases) is
+trained by the same optimizer as ``(x, y)``. Differences from the release: Lookahead and
+AdaBound come from ``torch-optimizer`` (via :func:`galcore.optim.make_optimizer`), and the
+first-order term of h's objective is ParamGAL's exact sum ``<delta, g>`` (the release takes
+the mean over the two coordinates, i.e. half of it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from galcore.adjuster import make_adjuster
+from galcore.gal import ParamGAL
+from galcore.optim import current_lr, make_optimizer
+from galcore.remainder import remainder_terms
+
+__all__ = [
+    "START",
+    "TOY_SETTINGS",
+    "ToyRun",
+    "ToySetting",
+    "local_minima",
+    "nearest_minimum",
+    "release_toy_h",
+    "run_toy",
+    "surface",
+    "surface_grid",
+]
+
+#: The release's starting point (x, y).
+START: tuple[float, float] = (0.75, 1.0)
+
+
+def surface(xy: Tensor) -> Tensor:
+    """``z(x, y) = -sin(x^2) cos(3 y^2) exp(-(x y)^2) - exp(-(x + y)^2)``.
+
+    Args:
+        xy: ``(..., 2)`` tensor of points (x in ``[..., 0]``, y in ``[..., 1]``).
+    Returns:
+        ``(...)`` tensor of heights, same dtype.
+    """
+    if xy.shape[-1] != 2:
+        raise ValueError(f"xy must have a last dimension of size 2, got shape {tuple(xy.shape)}")
+    x, y = xy[..., 0], xy[..., 1]
+    return -torch.sin(x * x) * torch.cos(3 * y * y) * torch.exp(-(x * y) ** 2) - torch.exp(-((x + y) ** 2))
+
+
+def surface_grid(lim: float = 1.5, n: int = 301) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, Y, Z)`` numpy arrays of shape ``(n, n)`` on ``[-lim, lim]^2`` (float64), for plots."""
+    g = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    X, Y = torch.meshgrid(g, g, indexing="xy")
+    Z = surface(torch.stack([X, Y], dim=-1))
+    return X.numpy(), Y.numpy(), Z.numpy()
+
+
+@dataclass(frozen=True)
+class ToySetting:
+    """One optimizer's toy setting from the release.
+
+    ``optimizer``/``lr``/``kwargs`` go to :func:`galcore.optim.make_optimizer`; ``ratio`` and
+    ``scale`` are GAL's ``gal_ratio`` and ``gal_scale``; ``seed`` is the release's seed for h.
+    """
+
+    key: str
+    label: str
+    optimizer: str
+    lr: float
+    steps: int
+    ratio: float
+    scale: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+#: The release's toy settings (GAL.md), keyed by short name.
+TOY_SETTINGS: dict[str, ToySetting] = {
+    "gd": ToySetting("gd", "GD", "sgd", 0.1, 100, 0.2, seed=2679),
+    "lookahead": ToySetting(
+        "lookahead", "Lookahead(GD)", "lookahead", 0.01, 600, 0.1,
+        kwargs={"k": 5, "alpha": 0.5, "inner": "sgd"}, seed=4870,
+    ),
+    "rmsprop": ToySetting("rmsprop", "RMSprop", "rmsprop", 0.02, 150, 0.3, kwargs={"eps": 0.1}, seed=9910),
+    "adam": ToySetting(
+        "adam", "Adam", "adam", 0.02, 250, 0.4, scale=0.1, kwargs={"betas": (0.8, 0.999), "eps": 0.1}, seed=9049,
+    ),
+    "adabound": ToySetting(
+        "adabound", "AdaBound", "adabound", 0.4, 300, 0.5, kwargs={"final_lr": 0.02, "gamma": 0.5}, seed=5026,
+    ),
+}
+
+
+def release_toy_h(seed: int, hidden: tuple[int, ...] = (64, 24)) -> nn.Sequential:
+    """h as the release builds it for the toy: ``2 -> 64 -> 24 -> 2`` linear layers, Xavier-uniform
+    weights and zero biases, drawn after ``torch.manual_seed(seed)`` (the global RNG is restored)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        h = make_adjuster(2, hidden)
+        for m in h.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+    return h
+
+
+@dataclass
+class ToyRun:
+    """One toy run. Arrays are numpy; ``T`` is the number of steps.
+
+    Attributes:
+        setting: the setting used (with any overrides applied).
+        gal: whether GAL adjusted the gradient.
+        seed: the seed of h (``None`` for a plain run).
+        positions: ``(T + 1, 2)`` the points, the start first.
+        losses: ``(T + 1,)`` z at those points.
+        accepted: ``(T,)`` bool, GAL's decision per step (``None`` for a plain run).
+        gal_remainder: ``(T,)`` remainder of GAL's tentative step ``x - eta (g + a)`` (``None`` plain).
+        step_r1, step_second, step_r2, step_first: ``(T,)`` Taylor terms of each real step
+            ``positions[t] -> positions[t + 1]`` in float64 (``None`` if not asked for).
+    """
+
+    setting: ToySetting
+    gal: bool
+    seed: int | None
+    positions: np.ndarray
+    losses: np.ndarray
+    accepted: np.ndarray | None = None
+    gal_remainder: np.ndarray | None = None
+    step_first: np.ndarray | None = None
+    step_second: np.ndarray | None = None
+    step_r1: np.ndarray | None = None
+    step_r2: np.ndarray | None = None
+
+    @property
+    def final_point(self) -> np.ndarray:
+        return self.positions[-1]
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.losses[-1])
+
+    @property
+    def acceptance_rate(self) -> float:
+        return float("nan") if self.accepted is None else float(self.accepted.mean())
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.positions).all() and np.isfinite(self.losses).all())
+
+
+def _step_terms(positions: Tensor) -> tuple[np.ndarray, ...]:
+    """Taylor terms (first, second, r1, r2) of every step of a trajectory, in float64."""
+    p = positions.to(torch.float64)
+    rows = []
+    for t in range(p.shape[0] - 1):
+        rt = remainder_terms(surface, p[t], p[t + 1] - p[t])
+        rows.append(torch.stack([rt.first_order, rt.second_order, rt.r1, rt.r2]))
+    if not rows:
+        return tuple(np.zeros(0) for _ in range(4))
+    arr = torch.stack(rows).numpy()
+    return tuple(arr[:, i] for i in range(4))
+
+
+def run_toy(
+    setting: ToySetting | str,
+    gal: bool = True,
+    seed: int | None = None,
+    *,
+    steps: int | None = None,
+    ratio: float | None = None,
+    start: tuple[float, float] = START,
+    remainders: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> ToyRun:
+    """Minimise :func:`surface` from ``start`` with one optimizer, with or without GAL.
+
+    Args:
+        setting: a :class:`ToySetting` or a key of :data:`TOY_SETTINGS`.
+        gal: adjust the gradient with :class:`galcore.ParamGAL` (h trained by the same optimizer).
+        seed: seed of h's initial weights (default: the release's seed for that optimizer);
+            a plain run uses no randomness.
+        steps, ratio: override the setting's number of steps / GAL ratio.
+        start: the initial point.
+        remainders: also compute the Taylor terms of every real step (float64).
+        dtype: dtype of ``(x, y)`` and h (the release uses float32).
+    """
+    s = TOY_SETTINGS[setting] if isinstance(setting, str) else setting
+    if steps is not None or ratio is not None:
+        s = ToySetting(
+            s.key, s.label, s.optimizer, s.lr, s.steps if steps is None else int(steps),
+            s.ratio if ratio is None else float(ratio), s.scale, dict(s.kwargs), s.seed,
+        )
+    seed = s.seed if seed is None else int(seed)
+    xy = torch.tensor(start, dtype=dtype, requires_grad=True)
+    params: list[Tensor] = [xy]
+    pgal: ParamGAL | None = None
+    if gal:
+        h = release_toy_h(seed).to(dtype)
+        pgal = ParamGAL([xy], ratio=s.ratio, scale=s.scale, h=h)
+        params += list(pgal.h.parameters())
+    opt = make_optimizer(s.optimizer, params, s.lr, **dict(s.kwargs))
+
+    def loss_of(p: list[Tensor]) -> Tensor:
+        return surface(p[0])
+
+    traj = [xy.detach().clone()]
+    accepted: list[Tensor] = []
+    tentative: list[Tensor] = []
+    for _ in range(s.steps):
+        opt.zero_grad(set_to_none=True)
+        if pgal is not None:
+            rec = pgal.backward(loss_of, current_lr(opt))
+            accepted.append(rec.accepted)
+            tentative.append(rec.remainder)
+        else:
+            surface(xy).backward()
+        opt.step()
+        traj.append(xy.detach().clone())
+
+    positions = torch.stack(traj)
+    with torch.no_grad():
+        losses = surface(positions)
+    run = ToyRun(
+        s, gal, seed if gal else None, positions.to(torch.float64).numpy(), losses.to(torch.float64).numpy()
+    )
+    if pgal is not None:
+        run.accepted = torch.stack(accepted).numpy() if accepted else np.zeros(0, dtype=bool)
+        run.gal_remainder = torch.stack(tentative).to(torch.float64).numpy() if tentative else np.zeros(0)
+    if remainders:
+        run.step_first, run.step_second, run.step_r1, run.step_r2 = _step_terms(positions)
+    return run
+
+
+@lru_cache(maxsize=4)
+def _minima(lim: float, n: int) -> tuple[tuple[float, float, float], ...]:
+    from scipy.optimize import minimize
+
+    g = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    X, Y = torch.meshgrid(g, g, indexing="xy")
+    Z = surface(torch.stack([X, Y], dim=-1))
+    pooled = -torch.nn.functional.max_pool2d(-Z[None, None], 3, 1, 1)[0, 0]
+    out: list[tuple[float, float, float]] = []
+    for i, j in (Z == pooled).nonzero().tolist():
+        if not (0 < i < n - 1 and 0 < j < n - 1):
+            continue
+
+        def fun(v: np.ndarray) -> tuple[float, np.ndarray]:
+            t = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+            z = surface(t)
+            (gr,) = torch.autograd.grad(z, t)
+            return float(z), gr.numpy()
+
+        res = minimize(fun, np.array([float(X[i, j]), float(Y[i, j])]), jac=True, method="BFGS")
+        x, y = (float(v) for v in res.x)
+        if max(abs(x), abs(y)) <= lim and not any(math.hypot(x - a, y - b) < 1e-4 for a, b, _ in out):
+            out.append((x, y, float(res.fun)))
+    out.sort(key=lambda m: m[2])
+    return tuple(out)
+
+
+def local_minima(lim: float = 2.0, n: int = 401) -> np.ndarray:
+    """Local minima of :func:`surface` inside ``[-lim, lim]^2`` as a ``(M, 3)`` array of
+    ``(x, y, z)``, deepest first (grid search, refined by BFGS)."""
+    return np.array(_minima(float(lim), int(n)))
+
+
+def nearest_minimum(point: Any, minima: np.ndarray | None = None) -> tuple[int, float]:
+    """Index into ``minima`` (default :func:`local_minima`) of the minimum nearest to ``point``
+    (x, y), and the distance to it."""
+    m = local_minima() if minima is None else minima
+    d = np.hypot(m[:, 0] - float(point[0]), m[:, 1] - float(point[1]))
+    i = int(np.argmin(d))
+    return i, float(d[i])
