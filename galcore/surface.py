@@ -167,16 +167,25 @@ class ToyRun:
 
 
 def _step_terms(positions: Tensor) -> tuple[np.ndarray, ...]:
-    """Taylor terms (first, second, r1, r2) of every step of a trajectory, in float64."""
+    """Taylor terms (first, second, r1, r2) of every step of a trajectory, in float64.
+
+    :func:`galcore.remainder_terms` is vectorised over the steps with ``torch.func.vmap``
+    (a Python loop is the fallback)."""
     p = positions.to(torch.float64)
-    rows = []
-    for t in range(p.shape[0] - 1):
-        rt = remainder_terms(surface, p[t], p[t + 1] - p[t])
-        rows.append(torch.stack([rt.first_order, rt.second_order, rt.r1, rt.r2]))
-    if not rows:
+    if p.shape[0] < 2:
         return tuple(np.zeros(0) for _ in range(4))
-    arr = torch.stack(rows).numpy()
-    return tuple(arr[:, i] for i in range(4))
+
+    def terms(w: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        rt = remainder_terms(surface, w, d)
+        return rt.first_order, rt.second_order, rt.r1, rt.r2
+
+    w, d = p[:-1], p[1:] - p[:-1]
+    try:
+        cols = torch.func.vmap(terms)(w, d)
+    except (RuntimeError, NotImplementedError):  # pragma: no cover - vmap fallback
+        rows = [torch.stack(terms(w[t], d[t])) for t in range(w.shape[0])]
+        cols = tuple(torch.stack(rows).unbind(1))
+    return tuple(c.detach().numpy() for c in cols)
 
 
 def run_toy(
@@ -266,7 +275,7 @@ def _minima(lim: float, n: int) -> tuple[tuple[float, float, float], ...]:
             t = torch.tensor(v, dtype=torch.float64, requires_grad=True)
             z = surface(t)
             (gr,) = torch.autograd.grad(z, t)
-            return float(z), gr.numpy()
+            return float(z.detach()), gr.numpy()
 
         res = minimize(fun, np.array([float(X[i, j]), float(Y[i, j])]), jac=True, method="BFGS")
         x, y = (float(v) for v in res.x)

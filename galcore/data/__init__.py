@@ -1,0 +1,1 @@
+"""Embedded datasets that galcore generates on first use (written under ``data/``, git-ignored)."""

@@ -1,0 +1,567 @@
+"""GAL for Ultralytics YOLO detection: a trainer class to pass as ``trainer=``.
+
+Usage (offline, from a bundled model yaml)::
+
+    from galcore.integrations.ultralytics import GALDetectionTrainer, offline_env
+    offline_env()                      # before importing ultralytics: no network, local config dir
+    from ultralytics import YOLO
+    YOLO("yolov8n.yaml").train(data="data.yaml", trainer=GALDetectionTrainer,
+                               gal_ratio=1e-3, gal_scale=1.0, epochs=10, imgsz=64, device="cpu")
+
+What it does. Ultralytics' training step is ``loss, items = model(batch)`` (the model forwards
+the images and calls its criterion on the raw head outputs) then
+``scaler.scale(loss.sum()).backward()``. :class:`GALDetectionTrainer` replaces the model's
+criterion by :class:`GALCriterion`, which calls :meth:`galcore.GAL.surrogate` with the head's raw
+outputs and Ultralytics' own criterion as the loss:
+
+- x: the Detect head's training outputs, box distribution logits (B, 4 reg_max, A) and class
+  logits (B, nc, A) over the A anchor locations of all scales, joined along channels into one
+  (B, no, A) map, ``no = nc + 4 reg_max``; h reads the no-vector at each location
+  (``GAL(output_dim=no, dim=1)``). End-to-end heads (one-to-many and one-to-one branches) give
+  two such maps, both adjusted by the same h.
+- L(x): Ultralytics' criterion ``sum(loss_vector)``, i.e. ``(box + cls + dfl) * batch_size``,
+  exactly the scalar Ultralytics backpropagates (its scaling is kept, not re-normalised).
+- lr: the optimizer's current learning rate (the ``weight`` parameter group, warmup included).
+  While that lr is 0 (the very first warmup iteration) GAL is skipped for the step.
+
+The criterion returns Ultralytics' loss vector with its values unchanged (so logs, the NaN check
+and the progress bar see the same numbers) and with GAL's chosen gradient attached, so the AMP
+scaler, gradient accumulation, clipping, EMA, warmup, validation, checkpoints and logging run as
+in Ultralytics. h's parameters form one extra parameter group ``"gal"`` of the trainer's
+optimizer (no weight decay, lr = model lr x ``lr_factor``); they are not part of the model, so the
+EMA, clipping and exported weights do not contain h. GAL's state (h, counters, options) is saved
+under the key ``"gal"`` of every checkpoint Ultralytics writes and restored on resume.
+
+Per-epoch GAL statistics are appended to Ultralytics' ``results.csv`` (columns ``gal/...``) and
+per-step records to ``gal_steps.csv`` in the run folder, both converted from device tensors once
+per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+from weakref import ref
+
+import torch
+from torch import Tensor
+
+from galcore.gal import GAL
+
+__all__ = [
+    "GALConfig",
+    "GALCriterion",
+    "GALDetectionTrainer",
+    "offline_env",
+    "read_gal_steps",
+]
+
+ENV_CONFIG = "GALCORE_ULTRALYTICS_GAL"  # JSON of GALConfig, read by DDP workers
+
+
+# ---------------------------------------------------------------------------------------------
+# offline environment
+# ---------------------------------------------------------------------------------------------
+def _find_font() -> Path:
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    if not path.is_file():  # pragma: no cover - matplotlib always ships it
+        raise FileNotFoundError(f"matplotlib's DejaVuSans.ttf not found at {path}")
+    return path
+
+
+def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Set up Ultralytics to run fully offline and return its config folder.
+
+    Call it before ``import ultralytics`` (Ultralytics reads its environment at import); if
+    Ultralytics is already imported, its module-level switches are patched as well.
+
+    - ``YOLO_CONFIG_DIR=<root>/.yolo_config`` (a project-local settings folder), holding
+      ``Arial.ttf`` (a copy of matplotlib's DejaVuSans, so no font is downloaded);
+    - ``YOLO_OFFLINE=1`` (no online check), ``YOLO_AUTOINSTALL=0`` (no pip installs);
+    - settings: ``sync=False`` (no analytics or crash reports), every logger integration off,
+      ``runs_dir=<runs_dir or root/runs>``.
+
+    Training calls should still pass ``pretrained=False``, ``amp=False`` on CPU (no AMP check,
+    which would download weights), ``plots=False`` and a model ``*.yaml`` (never ``*.pt``).
+
+    Args:
+        root: the project folder; default the galcore repository root (or the working directory).
+        runs_dir: Ultralytics' default runs folder; default ``<root>/runs``.
+    """
+    from galcore.results import repo_root
+
+    base = Path(root) if root is not None else (repo_root() or Path.cwd())
+    cfg = (base / ".yolo_config").resolve()
+    font = _find_font()
+    for folder in (cfg, cfg / "Ultralytics"):  # YOLO_CONFIG_DIR and Ultralytics' USER_CONFIG_DIR below it
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / "Arial.ttf"
+        if not target.is_file():
+            shutil.copyfile(font, target)
+    os.environ["YOLO_CONFIG_DIR"] = str(cfg)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+    import ultralytics.utils as uu  # noqa: PLC0415 - after the environment is set
+    import ultralytics.utils.checks as uc
+
+    uu.ONLINE = False
+    uc.ONLINE = False
+    uc.AUTOINSTALL = False
+    with contextlib.suppress(ImportError):
+        import ultralytics.utils.events as ue
+
+        ue.ONLINE = False
+        ue.events.enabled = False
+    runs = Path(runs_dir) if runs_dir is not None else base / "runs"
+    settings = {
+        "sync": False,
+        "runs_dir": str(runs.resolve()),
+        "clearml": False,
+        "comet": False,
+        "dvc": False,
+        "mlflow": False,
+        "raytune": False,
+        "tensorboard": False,
+        "wandb": False,
+        "vscode_msg": False,
+        "openvino_msg": False,
+    }
+    uu.SETTINGS.update({k: v for k, v in settings.items() if k in uu.SETTINGS})
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, None: None}
+
+
+@dataclass(frozen=True)
+class GALConfig:
+    """GAL's options for a YOLO run (see :class:`galcore.GAL`).
+
+    Attributes:
+        ratio: r, the adjustment's norm relative to the gradient's at each location.
+        scale: the tentative step is ``lr * scale`` (lr: the optimizer's current lr).
+        hidden: h's hidden widths; ``None``: :func:`galcore.release_hidden` of ``no``.
+        activation: between h's layers (``None`` = the release's linear stack).
+        first_order: ``"sum"`` (exact Taylor term) or ``"mean"`` (the release's form).
+        accept: ``"decrease"`` or ``"always"``.
+        compute_dtype: ``None`` (the outputs' dtype, half promoted to float32), ``"float32"`` or
+            ``"float64"``.
+        track_plain: also measure the remainder of the plain step (one more loss evaluation).
+        lr_factor: h's learning rate relative to the model's.
+        seed: seed of h's initialisation (``None``: the run's ``seed``); h is drawn from its
+            own generator, so GAL does not shift the random stream of the rest of training.
+    """
+
+    ratio: float = 1e-3
+    scale: float = 1.0
+    hidden: tuple[int, ...] | None = None
+    activation: str | None = None
+    first_order: str = "sum"
+    accept: str = "decrease"
+    compute_dtype: str | None = None
+    track_plain: bool = False
+    lr_factor: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.hidden is not None:
+            object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
+        if self.compute_dtype not in _DTYPES:
+            raise ValueError(f"compute_dtype must be None, 'float32' or 'float64', got {self.compute_dtype!r}")
+        if not self.lr_factor >= 0:
+            raise ValueError(f"lr_factor must be >= 0, got {self.lr_factor}")
+        # the remaining checks are GAL's own (raised when the trainer builds it)
+
+    @classmethod
+    def from_any(cls, value: Any = None, **overrides: Any) -> GALConfig:
+        """A config from ``None``, a :class:`GALConfig`, a mapping or a yaml/json file path, then overrides."""
+        if value is None:
+            base: dict[str, Any] = {}
+        elif isinstance(value, GALConfig):
+            base = asdict(value)
+        elif isinstance(value, Mapping):
+            base = dict(value)
+        elif isinstance(value, (str, os.PathLike)):
+            path = Path(value)
+            text = path.read_text()
+            if path.suffix == ".json":
+                base = json.loads(text)
+            else:
+                import yaml  # PyYAML: an Ultralytics dependency
+
+                base = yaml.safe_load(text) or {}
+            if "gal" in base and isinstance(base["gal"], Mapping):
+                base = dict(base["gal"])
+        else:
+            raise TypeError(f"gal must be a GALConfig, a dict or a path to a yaml/json file, got {type(value).__name__}")
+        base.update(overrides)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(base) - names)
+        if unknown:
+            raise ValueError(f"unknown GAL option(s) {unknown}; valid: {sorted(names)}")
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden) if self.hidden is not None else None
+        return d
+
+    def build(self, output_dim: int) -> GAL:
+        """The :class:`galcore.GAL` module for a head with ``output_dim`` channels per location."""
+        return GAL(
+            output_dim,
+            ratio=self.ratio,
+            scale=self.scale,
+            hidden=self.hidden,
+            activation=self.activation,
+            first_order=self.first_order,  # type: ignore[arg-type]
+            accept=self.accept,  # type: ignore[arg-type]
+            dim=1,
+            track_plain=self.track_plain,
+            compute_dtype=_DTYPES[self.compute_dtype],
+        )
+
+
+def _pop_gal_options(overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Take ``gal=`` and ``gal_<option>=`` out of Ultralytics' overrides (it rejects unknown keys)."""
+    base = overrides.pop("gal", None)
+    opts = {k[4:]: overrides.pop(k) for k in [k for k in overrides if k.startswith("gal_")]}
+    return base, opts
+
+
+# ---------------------------------------------------------------------------------------------
+# the criterion
+# ---------------------------------------------------------------------------------------------
+_PER_ANCHOR = ("boxes", "scores")
+
+
+class GALCriterion:
+    """Wraps an Ultralytics detection criterion so that its loss carries GAL's gradient.
+
+    ``criterion(preds, batch) -> (loss_vector * batch_size, loss_items)``, as Ultralytics'. In
+    training (grad enabled, the model in train mode, a positive lr) the returned vector has the
+    same values and its sum's gradient w.r.t. the head outputs is GAL's chosen gradient;
+    otherwise the inner criterion is called unchanged (validation, the lr = 0 warmup step).
+
+    Args:
+        inner: Ultralytics' criterion (e.g. ``v8DetectionLoss``, ``E2ELoss``).
+        gal: the :class:`galcore.GAL` module (``dim=1``, ``output_dim = no``).
+        lr: returns the current learning rate (float).
+        model: the model whose ``training`` flag gates GAL.
+        on_step: called with each step's record vector (device tensor) for logging.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        gal: GAL,
+        lr: Callable[[], float],
+        model: torch.nn.Module,
+        on_step: Callable[[Tensor], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.gal = gal
+        self.lr = lr
+        self._model = ref(model)
+        self.on_step = on_step
+
+    # copies of the model (ModelEMA, checkpoints) must not carry GAL: they get a fresh criterion
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(None), ())
+
+    def __getattr__(self, name: str) -> Any:  # update(), loss_names, hyp, ... of the inner criterion
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @staticmethod
+    def _split(preds: Any) -> tuple[list[Tensor], Callable[[list[Tensor]], Any], list[int]]:
+        """Join each branch's per-anchor outputs into (B, no, A); return them and a rebuilder."""
+        if isinstance(preds, tuple):  # (inference, raw) in eval mode
+            preds = preds[1]
+        if not isinstance(preds, dict):
+            raise TypeError(f"expected the Detect head's training dict, got {type(preds).__name__}")
+        if "boxes" in preds:
+            branches: dict[str | None, dict[str, Any]] = {None: preds}
+        else:
+            branches = {k: v for k, v in preds.items() if isinstance(v, dict)}
+            if not branches or any("boxes" not in v for v in branches.values()):
+                raise TypeError(f"unsupported head output keys {sorted(preds)}; GALDetectionTrainer handles Detect heads")
+        xs: list[Tensor] = []
+        splits: list[int] = []
+        for b in branches.values():
+            extra = set(b) - {*_PER_ANCHOR, "feats"}
+            if extra:
+                raise TypeError(
+                    f"head outputs {sorted(extra)} are not supported (GALDetectionTrainer handles detection heads)"
+                )
+            xs.append(torch.cat([b["boxes"], b["scores"]], dim=1))
+            splits.append(b["boxes"].shape[1])
+        feats = {k: [f.detach() for f in b["feats"]] for k, b in branches.items()}
+
+        def rebuild(zs: list[Tensor]) -> Any:
+            out = {}
+            for (k, b), z, nb in zip(branches.items(), zs, splits, strict=True):
+                out[k] = {"boxes": z[:, :nb], "scores": z[:, nb:], "feats": feats[k]}
+            return out[None] if None in out else out
+
+        return xs, rebuild, splits
+
+    def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[Tensor, Any]:
+        model = self._model()
+        lr = float(self.lr())
+        if not torch.is_grad_enabled() or (model is not None and not model.training) or not lr > 0:
+            return self.inner(preds, batch)
+        xs, rebuild, _ = self._split(preds)
+        first: dict[str, Any] = {}
+
+        def loss_fn(zs: list[Tensor]) -> Tensor:
+            vec, items = self.inner(rebuild(list(zs)), batch)
+            if not first:  # the loss at x itself: its vector and items are what Ultralytics logs
+                first["vec"], first["items"] = vec.detach(), items
+            return vec.sum()
+
+        s = self.gal.surrogate(xs, loss_fn, lr)
+        vec = first["vec"]
+        graph = (s - s.detach()).to(vec.dtype)
+        onehot = torch.zeros_like(vec)
+        onehot.view(-1)[0] = 1.0
+        out = vec + onehot * graph  # values: Ultralytics' loss vector; d(sum)/d(outputs): GAL's choice
+        if self.on_step is not None and self.gal.last_step is not None:
+            r = self.gal.last_step
+            parts = [r.accepted.float(), r.remainder.float(), r.objective.float(), r.fallback.float(), r.loss.float(),
+                     r.tentative_loss.float()]
+            if r.remainder_plain is not None:
+                parts.append(r.remainder_plain.float())
+            self.on_step(torch.stack(parts).detach())
+        return out, first["items"]
+
+
+_STEP_FIELDS = ("accepted", "remainder", "objective", "fallback", "loss", "tentative_loss", "remainder_plain")
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+def _gal_state(gal: GAL) -> dict[str, Any]:
+    return {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in gal.state_dict().items()}
+
+
+_TRAINER: type | None = None
+
+
+def _trainer_class() -> type:
+    """Build :class:`GALDetectionTrainer` on first use, so importing this module (e.g. for
+    :func:`offline_env`) does not import Ultralytics before its environment is set."""
+    global _TRAINER
+    if _TRAINER is not None:
+        return _TRAINER
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class GALDetectionTrainer(DetectionTrainer):  # type: ignore[misc,valid-type]
+        """Ultralytics' ``DetectionTrainer`` with GAL on the detection head's outputs.
+
+        Pass it as ``YOLO(...).train(trainer=GALDetectionTrainer, ...)``. GAL's options come from
+        the same call: ``gal=`` (a :class:`GALConfig`, a dict or a yaml/json path) and/or
+        ``gal_<option>=`` keywords (``gal_ratio``, ``gal_scale``, ``gal_hidden``,
+        ``gal_activation``, ``gal_first_order``, ``gal_accept``, ``gal_compute_dtype``,
+        ``gal_track_plain``, ``gal_lr_factor``, ``gal_seed``); keywords win. When resuming
+        (``resume=True`` / a ``last.pt``), the checkpoint's options and state are used.
+
+        Attributes:
+            gal: the :class:`galcore.GAL` module (built with the optimizer).
+            gal_config: the :class:`GALConfig` in use.
+            gal_history: one dict of GAL statistics per finished epoch.
+        """
+
+        def __init__(self, cfg: Any = None, overrides: dict[str, Any] | None = None, _callbacks: Any = None) -> None:
+            from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK
+
+            overrides = dict(overrides or {})
+            base, opts = _pop_gal_options(overrides)
+            if base is None and not opts and LOCAL_RANK != -1 and os.environ.get(ENV_CONFIG):
+                base = json.loads(os.environ[ENV_CONFIG])  # a DDP worker: the launcher's options
+            self.gal_config = GALConfig.from_any(base, **opts)
+            self._gal_user_options = bool(base is not None or opts)
+            self.gal: GAL | None = None
+            self.gal_history: list[dict[str, float]] = []
+            self._gal_steps: list[Tensor] = []
+            self._gal_resume: dict[str, Any] | None = None
+            super().__init__(DEFAULT_CFG if cfg is None else cfg, overrides, _callbacks)
+            if self.ddp:
+                os.environ[ENV_CONFIG] = json.dumps(self.gal_config.to_dict())
+
+        # -- model and optimizer ------------------------------------------------------------------
+        def setup_model(self):  # type: ignore[override]
+            ckpt = super().setup_model()
+            if self.resume and isinstance(ckpt, dict):
+                saved = ckpt.get("gal")
+                if saved is None:
+                    raise ValueError(
+                        f"{self.args.model} was not trained with GALDetectionTrainer (no 'gal' entry); resume it with "
+                        "Ultralytics' own trainer or start a new GAL run"
+                    )
+                cfg = GALConfig.from_any(saved["config"])
+                if self._gal_user_options and cfg != self.gal_config:
+                    from ultralytics.utils import LOGGER
+
+                    LOGGER.warning(f"GAL: resume uses the checkpoint's options {cfg.to_dict()}, ignoring the ones passed")
+                self.gal_config = cfg
+                self._gal_resume = saved
+            return ckpt
+
+        def _head(self) -> Any:
+            from ultralytics.utils.torch_utils import unwrap_model
+
+            return unwrap_model(self.model).model[-1]
+
+        def _build_gal(self) -> GAL:
+            head = self._head()
+            no = int(head.nc + 4 * head.reg_max)
+            seed = self.gal_config.seed if self.gal_config.seed is not None else int(self.args.seed)
+            with torch.random.fork_rng(devices=[]):  # h's init must not shift the run's random stream
+                torch.manual_seed(seed)
+                gal = self.gal_config.build(no)
+            return gal.to(self.device)
+
+        def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):  # type: ignore[override]
+            optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+            if self.gal is None:
+                self.gal = self._build_gal()
+            ref_group = next((g for g in optimizer.param_groups if g.get("param_group") == "bias"), optimizer.param_groups[0])
+            group = {k: v for k, v in ref_group.items() if k not in ("params", "initial_lr", "param_group", "use_muon")}
+            group.update(
+                params=[p for p in self.gal.parameters() if p.requires_grad],
+                lr=ref_group["lr"] * self.gal_config.lr_factor,
+                weight_decay=0.0,
+                param_group="gal",
+            )
+            optimizer.add_param_group(group)
+            return optimizer
+
+        def _current_lr(self) -> float:
+            groups = self.optimizer.param_groups
+            for g in groups:
+                if g.get("param_group") in ("weight", "muon"):
+                    return float(g["lr"])
+            return float(groups[0]["lr"])
+
+        def _setup_train(self) -> None:
+            super()._setup_train()
+            from ultralytics.utils.torch_utils import unwrap_model
+
+            assert self.gal is not None
+            model = unwrap_model(self.model)
+            inner = model.criterion if getattr(model, "criterion", None) is not None else model.init_criterion()
+            if isinstance(inner, GALCriterion):
+                inner = inner.inner
+            model.criterion = GALCriterion(inner, self.gal, self._current_lr, model, self._gal_steps.append)
+            self.gal.train()
+            if self.save_dir and not self.resume:
+                with contextlib.suppress(OSError):
+                    (self.save_dir / "gal.json").write_text(json.dumps(self.gal_config.to_dict(), indent=2))
+
+        def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
+            super()._load_checkpoint_state(ckpt)
+            saved = ckpt.get("gal")
+            if saved is not None and self.gal is not None:
+                self.gal.load_state_dict(saved["state_dict"])
+
+        # -- checkpoints --------------------------------------------------------------------------
+        def save_model(self) -> bool:  # type: ignore[override]
+            written = [self.last]
+            if self.best_fitness == self.fitness:
+                written.append(self.best)
+            if (self.save_period > 0) and (self.epoch % self.save_period == 0):
+                written.append(self.wdir / f"epoch{self.epoch}.pt")
+            saved = super().save_model()
+            if saved is False or self.gal is None:
+                return saved
+            ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+            ckpt["gal"] = {
+                "config": self.gal_config.to_dict(),
+                "state_dict": _gal_state(self.gal),
+                "output_dim": self.gal.output_dim,
+            }
+            buffer = io.BytesIO()
+            torch.save(ckpt, buffer)
+            data = buffer.getvalue()
+            for path in written:
+                if path.exists():
+                    path.write_bytes(data)
+            return saved
+
+        # -- logging ------------------------------------------------------------------------------
+        def _gal_epoch_stats(self) -> dict[str, float]:
+            if not self._gal_steps:
+                return {}
+            steps = torch.stack(self._gal_steps).double().cpu()  # the one host transfer per epoch
+            self._gal_steps.clear()
+            names = _STEP_FIELDS[: steps.shape[1]]
+            stats = {
+                "gal/acceptance": float(steps[:, 0].mean()),
+                "gal/remainder": float(steps[:, 1].mean()),
+                "gal/abs_remainder": float(steps[:, 1].abs().mean()),
+                "gal/objective": float(steps[:, 2].mean()),
+                "gal/fallbacks": float(steps[:, 3].sum()),
+                "gal/steps": float(steps.shape[0]),
+            }
+            if steps.shape[1] > 6:
+                stats["gal/abs_remainder_plain"] = float(steps[:, 6].abs().mean())
+            path = self.save_dir / "gal_steps.csv"
+            new = not path.exists()
+            with open(path, "a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(["epoch", "step", *names])
+                for i, row in enumerate(steps.tolist()):
+                    w.writerow([self.epoch + 1, i, *(f"{v:.8g}" for v in row)])
+            return stats
+
+        def save_metrics(self, metrics: dict[str, Any]) -> None:  # type: ignore[override]
+            stats = self._gal_epoch_stats()
+            if stats:
+                from ultralytics.utils import LOGGER
+
+                self.gal_history.append({"epoch": float(self.epoch + 1), **stats})
+                LOGGER.info(
+                    f"GAL: acceptance {stats['gal/acceptance']:.3f}, mean remainder {stats['gal/remainder']:.4g}, "
+                    f"mean |remainder| {stats['gal/abs_remainder']:.4g}, fallbacks {int(stats['gal/fallbacks'])} "
+                    f"over {int(stats['gal/steps'])} steps"
+                )
+            super().save_metrics({**metrics, **stats})
+
+    GALDetectionTrainer.__module__ = __name__
+    GALDetectionTrainer.__qualname__ = "GALDetectionTrainer"
+    _TRAINER = GALDetectionTrainer
+    return GALDetectionTrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GALDetectionTrainer":
+        return _trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_gal_steps(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """Rows of ``gal_steps.csv`` in an Ultralytics run folder (per-step GAL records)."""
+    with open(Path(run_dir) / "gal_steps.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
