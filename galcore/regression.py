@@ -213,7 +213,7 @@ def default_setup(profile: Profile | None = None, dataset: str = "diabetes") -> 
         size = data.x_train.shape[-1]
         model_fn: Callable[[], nn.Module] = functools.partial(_cnn, size)
         model_name = f"smallcnn{size}-1"
-        epochs = choose(3, 25, 40, profile=profile)
+        epochs = choose(2, 10, 30, profile=profile)
         batch = 64
     else:
         model_fn = functools.partial(_mlp, data.x_train.shape[1])
@@ -221,7 +221,7 @@ def default_setup(profile: Profile | None = None, dataset: str = "diabetes") -> 
         if dataset == "california":
             epochs, batch = choose(2, 20, 30, profile=profile), 256
         else:
-            epochs, batch = choose(5, 60, 100, profile=profile), 32
+            epochs, batch = choose(4, 25, 40, profile=profile), 32
     seeds = tuple(range(choose(2, 5, 5, profile=profile)))
     base = TrainConfig(
         model=model_name,

@@ -58,19 +58,19 @@ class ClassifierSetting:
     with g the gradient of the batch-mean loss (so each sample's row of g carries a 1/batch).
     """
 
-    steps: int = 600
+    steps: int = 300
     batch: int = 64
     lr: float = 0.1
     momentum: float = 0.9
-    ratio: float = 0.5
+    ratio: float = 0.1
     scale: float = 64.0
     classes: int = 4
     width: int = 64
     n_per_class: int = 128
-    noise: float = 0.15
+    noise: float = 0.3
     data_seed: int = 0
     hidden: tuple[int, ...] | None = None  # h's hidden widths; None: release_hidden(classes)
-    h_lr: float | None = 1e-3  # h's own Adam learning rate; None: h in the model's SGD (CIFAR release)
+    h_lr: float | None = 1e-2  # h's own Adam learning rate; None: h in the model's SGD (CIFAR release)
 
 
 @dataclass

@@ -1,0 +1,237 @@
+"""Figures for the theory notebook (the 3D toy, the Taylor illustrations, the tiny classifier).
+
+Every function returns a matplotlib ``Figure`` (or writes a GIF) and touches no global state
+beyond creating that figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from galcore.surface import START, ToyRun, local_minima, surface_grid
+from galcore.toy_classifier import ClassifierRun
+from galcore.toy_taylor import TaylorGrid, TaylorLine
+
+__all__ = [
+    "animate_toy",
+    "plot_classifier",
+    "plot_remainder_vs_step",
+    "plot_surface_3d",
+    "plot_taylor_grid",
+    "plot_taylor_line",
+    "plot_toy_losses",
+    "plot_toy_remainders",
+    "plot_toy_trajectories",
+]
+
+PLAIN_COLOR, GAL_COLOR = "tab:blue", "tab:red"
+
+
+def plot_surface_3d(lim: float = 1.5, n: int = 121) -> Figure:
+    """The surface as a 3D plot, with the start point and the local minima inside the box."""
+    X, Y, Z = surface_grid(lim, n)
+    fig = plt.figure(figsize=(6.5, 5))
+    ax = fig.add_subplot(111, projection="3d")
+    ax.plot_surface(X, Y, Z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.85)
+    m = local_minima()
+    m = m[(np.abs(m[:, 0]) <= lim) & (np.abs(m[:, 1]) <= lim)]
+    ax.scatter(m[:, 0], m[:, 1], m[:, 2], color="white", edgecolor="k", s=30, depthshade=False, label="local minima")
+    import torch
+
+    from galcore.surface import surface
+
+    z0 = float(surface(torch.tensor(START, dtype=torch.float64)))
+    ax.scatter([START[0]], [START[1]], [z0], color="red", s=40, depthshade=False, label="start (0.75, 1.0)")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel("z")
+    ax.view_init(elev=45, azim=-60)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("z(x, y) = -sin(x²)cos(3y²)exp(-(xy)²) - exp(-(x+y)²)", fontsize=9)
+    return fig
+
+
+def _contour(ax: Any, lim: float = 1.5) -> None:
+    X, Y, Z = surface_grid(lim, 201)
+    ax.contourf(X, Y, Z, levels=30, cmap="viridis", alpha=0.8)
+    ax.contour(X, Y, Z, levels=30, colors="k", linewidths=0.2, alpha=0.5)
+    m = local_minima()
+    m = m[(np.abs(m[:, 0]) <= lim) & (np.abs(m[:, 1]) <= lim)]
+    ax.scatter(m[:, 0], m[:, 1], marker="x", color="white", s=25, zorder=4)
+    ax.scatter([START[0]], [START[1]], marker="o", color="yellow", edgecolor="k", s=30, zorder=5)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+
+
+def plot_toy_trajectories(pairs: Mapping[str, tuple[ToyRun, ToyRun]], lim: float = 1.5) -> Figure:
+    """One contour panel per optimizer with the plain (blue) and GAL (red) trajectories.
+
+    ``pairs``: ``{label: (plain_run, gal_run)}``.
+    """
+    k = len(pairs)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
+    for ax, (label, (plain, gal)) in zip(axes[0], pairs.items(), strict=True):
+        _contour(ax, lim)
+        for run, color, name in ((plain, PLAIN_COLOR, "plain"), (gal, GAL_COLOR, "GAL")):
+            p = run.positions
+            ax.plot(p[:, 0], p[:, 1], "-", color=color, lw=1.3, label=f"{name}: z={run.final_loss:.3f}")
+            ax.scatter(p[-1, 0], p[-1, 1], color=color, edgecolor="k", s=30, zorder=6)
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_toy_losses(pairs: Mapping[str, tuple[ToyRun, ToyRun]]) -> Figure:
+    """z per step, plain vs GAL, one panel per optimizer."""
+    k = len(pairs)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), squeeze=False)
+    for ax, (label, (plain, gal)) in zip(axes[0], pairs.items(), strict=True):
+        ax.plot(plain.losses, color=PLAIN_COLOR, label="plain")
+        ax.plot(gal.losses, color=GAL_COLOR, label="GAL", ls="--")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("z")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_toy_remainders(pairs: Mapping[str, tuple[ToyRun, ToyRun]]) -> Figure:
+    """|remainder| of every real step (float64 Taylor remainder r1), plain vs GAL, log scale."""
+    k = len(pairs)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), squeeze=False)
+    for ax, (label, (plain, gal)) in zip(axes[0], pairs.items(), strict=True):
+        for run, color, name in ((plain, PLAIN_COLOR, "plain"), (gal, GAL_COLOR, "GAL")):
+            if run.step_r1 is not None:
+                ax.semilogy(np.abs(run.step_r1) + 1e-18, color=color, lw=0.9, label=name)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("|remainder| of the real step")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_taylor_line(line: TaylorLine, title: str = "") -> Figure:
+    """True loss along a step against the first- and second-order Taylor models."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(line.ts, line.true, "k-", lw=2, label="true f(w + t d)")
+    ax.plot(line.ts, line.first, "--", color="tab:orange", label="first order")
+    ax.plot(line.ts, line.second, ":", color="tab:green", lw=2, label="second order")
+    ax.fill_between(line.ts, line.first, line.true, color="tab:orange", alpha=0.15, label="remainder r1")
+    ax.set_xlabel("t (step = t · d)")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_remainder_vs_step(etas: np.ndarray, r1: np.ndarray, r2: np.ndarray, slopes: Sequence[float] = ()) -> Figure:
+    """|r1| and |r2| against the step size on log-log axes (slopes 2 and 3 expected)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    s = list(slopes) + [float("nan")] * (2 - len(slopes))
+    ax.loglog(etas, np.abs(r1), "o-", label=f"|r1| (fitted slope {s[0]:.2f})")
+    ax.loglog(etas, np.abs(r2), "s-", label=f"|r2| beyond 2nd order (slope {s[1]:.2f})")
+    ax.set_xlabel("learning rate η (step = -η g)")
+    ax.set_ylabel("|remainder|")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def plot_taylor_grid(grid: TaylorGrid, title: str = "") -> Figure:
+    """Three panels: the true surface around w, the first-order remainder, the second-order one."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, data, name in (
+        (axes[0], grid.true, "true f(w + d)"),
+        (axes[1], grid.r1, "remainder of 1st-order model"),
+        (axes[2], grid.r2, "remainder of 2nd-order model"),
+    ):
+        vmax = float(np.abs(data).max()) if name != "true f(w + d)" else None
+        kw: dict[str, Any] = {"cmap": "RdBu_r", "vmin": -vmax, "vmax": vmax} if vmax else {"cmap": "viridis"}
+        im = ax.pcolormesh(grid.DX, grid.DY, data, shading="auto", **kw)
+        fig.colorbar(im, ax=ax, shrink=0.85)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("dx")
+        ax.set_aspect("equal")
+    axes[0].set_ylabel("dy")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_classifier(runs: Mapping[str, Sequence[ClassifierRun]], windows: int = 10) -> Figure:
+    """Per window of steps, mean over seeds: acceptance rate, relative change of the remainder
+    ``(R - R_plain) / R_plain`` and the plain tentative step's remainder, for the GAL arms."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+    colors = {"frozen": "tab:gray", "learned": GAL_COLOR}
+    for arm, rs in runs.items():
+        if arm == "plain" or not rs or rs[0].accepted is None:
+            continue
+        steps = rs[0].setting.steps
+        x = np.array([c.mean() for c in np.array_split(np.arange(steps), windows)])
+        acc = np.mean([r.windows(r.accepted, windows) for r in rs], axis=0)
+        rel = np.mean([r.windows((r.remainder - r.remainder_plain) / np.abs(r.remainder_plain), windows) for r in rs], axis=0)
+        rp = np.mean([r.windows(np.abs(r.remainder_plain), windows) for r in rs], axis=0)
+        c = colors.get(arm, None)
+        axes[0].plot(x, acc, "o-", color=c, label=f"h {arm}")
+        axes[1].plot(x, rel, "o-", color=c, label=f"h {arm}")
+        axes[2].semilogy(x, rp, "o-", color=c, label=f"h {arm}")
+    axes[0].set_ylabel("acceptance rate")
+    axes[0].set_ylim(-0.05, 1.05)
+    axes[1].axhline(0, color="k", lw=0.6)
+    axes[1].set_ylabel("(R - R_plain) / R_plain")
+    axes[2].set_ylabel("|R_plain| (plain tentative step)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def animate_toy(plain: ToyRun, gal: ToyRun, path: str | Path, frames: int = 60, fps: int = 12, lim: float = 1.5) -> Path:
+    """Write a GIF of the plain and GAL trajectories moving on the contour plot (PillowWriter)."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    _contour(ax, lim)
+    T = max(len(plain.positions), len(gal.positions))
+    idx = np.unique(np.linspace(0, T - 1, frames).round().astype(int))
+    lines = []
+    for run, color, name in ((plain, PLAIN_COLOR, "plain"), (gal, GAL_COLOR, "GAL")):
+        (ln,) = ax.plot([], [], "-", color=color, lw=1.5, label=name)
+        (pt,) = ax.plot([], [], "o", color=color, mec="k", ms=6)
+        lines.append((run, ln, pt))
+    ax.legend(fontsize=8, loc="lower left")
+    title = ax.set_title("")
+
+    def update(i: int) -> list[Any]:
+        arts: list[Any] = []
+        for run, ln, pt in lines:
+            j = min(i, len(run.positions) - 1)
+            ln.set_data(run.positions[: j + 1, 0], run.positions[: j + 1, 1])
+            pt.set_data([run.positions[j, 0]], [run.positions[j, 1]])
+            arts += [ln, pt]
+        title.set_text(f"{plain.setting.label}: step {i}")
+        return [*arts, title]
+
+    anim = FuncAnimation(fig, update, frames=list(idx), blit=False)
+    anim.save(str(path), writer=PillowWriter(fps=fps))
+    plt.close(fig)
+    return path
