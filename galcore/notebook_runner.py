@@ -78,8 +78,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 3600, stream=sys.stde
                 except CellExecutionError as e:
                     outcome.ok = False
                     outcome.failed_cell = number
-                    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-                    outcome.error = lines[-1] if lines else type(e).__name__
+                    outcome.error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
                     break
     except Exception as e:  # kernel died, timeout, ...
         outcome.ok = False

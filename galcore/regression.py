@@ -50,9 +50,13 @@ __all__ = [
     "gal_options",
     "load",
     "one_target_probe",
+    "plot_curves",
+    "plot_remainders",
+    "remainder_precision",
     "results_table",
     "rotate_images",
     "rotated_digits",
+    "rotated_digits_arrays",
     "run_cached",
     "run_grid",
 ]
@@ -147,21 +151,16 @@ def rotate_images(images: Tensor, angles_deg: Tensor) -> Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def rotated_digits(
+def rotated_digits_arrays(
     copies: int = 1,
     size: int = 8,
     max_angle: float = 45.0,
     angle_seed: int = 0,
     test_size: float = 0.25,
     split_seed: int = 0,
-) -> Data:
-    """Digits images rotated by a random angle; predict the angle (degrees, standardised).
-
-    Each digit gives ``copies`` rotated images (independent angles). ``size`` > 8 upsamples
-    (bilinear) before rotating. Train and test come from the stratified digits split, so no
-    digit image appears on both sides. x (N, 1, size, size) standardised (one mean/std over
-    pixels); y (N, 1); ``y_scale`` = the angles' training std in degrees.
-    """
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rotated digits before standardisation: ``(x_train, angle_train, x_test, angle_test)``,
+    x (N, 1, size, size) in [0, 1], angles (N, 1) in degrees (counter-clockwise)."""
     if copies < 1 or size < 8 or max_angle <= 0:
         raise ValueError("copies >= 1, size >= 8 and max_angle > 0 are required")
     x_tr, _, x_te, _ = digits_arrays(test_size, split_seed)
@@ -176,6 +175,26 @@ def rotated_digits(
 
     xr_tr, a_tr = make(x_tr)
     xr_te, a_te = make(x_te)
+    return xr_tr, a_tr, xr_te, a_te
+
+
+def rotated_digits(
+    copies: int = 1,
+    size: int = 8,
+    max_angle: float = 45.0,
+    angle_seed: int = 0,
+    test_size: float = 0.25,
+    split_seed: int = 0,
+) -> Data:
+    """Digits images rotated by a random angle; predict the angle (degrees, standardised).
+
+    Each digit gives ``copies`` rotated images (independent angles, uniform in
+    ``[-max_angle, max_angle]``). ``size`` > 8 upsamples (bilinear) before rotating. Train and
+    test come from the stratified digits split, so no digit image is on both sides.
+    x (N, 1, size, size) standardised (one mean/std over pixels); y (N, 1); ``y_scale`` = the
+    angles' training std in degrees.
+    """
+    xr_tr, a_tr, xr_te, a_te = rotated_digits_arrays(copies, size, max_angle, angle_seed, test_size, split_seed)
     xr_tr, xr_te, _, _ = _standardise(xr_tr, xr_te, dim=None)
     y_tr, y_te, _, y_std = _standardise(a_tr, a_te)
     name = f"rotdigits-{copies}-{size}-{max_angle:g}-{angle_seed}-{test_size}-{split_seed}"
@@ -369,10 +388,8 @@ def one_target_probe(setup: Setup, cfg: TrainConfig) -> dict[str, float]:
             with torch.no_grad():
                 hv = gal.h(o.to(next(gal.h.parameters()).dtype)).double()
             rec = gal.backward(out, lambda z, yb=y[idx]: loss_fn(z, yb), current_lr(opt))
-            with torch.no_grad():
-                o0 = o.requires_grad_(True)
-            with torch.enable_grad():
-                g = torch.autograd.grad(loss_fn(o0, y[idx].double()), o0)[0]
+            o0 = o.clone().requires_grad_(True)
+            g = torch.autograd.grad(loss_fn(o0, y[idx].double()), o0)[0]
             with torch.no_grad():
                 a = r * g.abs() * torch.sign(hv)
                 nz = g.abs() > 0
@@ -409,3 +426,85 @@ def one_target_probe(setup: Setup, cfg: TrainConfig) -> dict[str, float]:
         "accept_rate": float(acc) / float(steps),
         "test_rmse": rmse,
     }
+
+
+def remainder_precision(setup: Setup, cfg: TrainConfig) -> dict[str, float]:
+    """The plain step's output-space remainder on the first training batch at initialisation,
+    computed by GAL in float32 and in float64, against its exact value.
+
+    For the MSE batch mean ``L = mean_i e_i^2`` the loss is quadratic in the outputs, so the
+    remainder of the step ``delta = eta g`` is exactly ``sum_i delta_i^2 / B``. Returns that
+    value, GAL's float32 and float64 results, their relative errors and float32's spacing
+    (``eps * loss``) at the loss.
+    """
+    from galcore.gal import GAL
+
+    torch.manual_seed(cfg.seed)
+    model = setup.model_fn()
+    xb, yb = setup.data.x_train[: cfg.batch_size], setup.data.y_train[: cfg.batch_size]
+    with torch.no_grad():
+        out = model(xb)
+    eta = cfg.lr
+    res: dict[str, float] = {}
+    for label, dt in (("float32", None), ("float64", torch.float64)):
+        gal = GAL(1, ratio=0.0, compute_dtype=dt, track_plain=True)
+        rec = gal.backward(out.clone().requires_grad_(True), lambda o: F.mse_loss(o, yb.to(o.dtype)), eta)
+        res[f"remainder_{label}"] = float(rec.remainder_plain)  # type: ignore[arg-type]
+        res["loss"] = float(rec.loss)
+    e = out.double() - yb.double()
+    g = 2 * e / e.numel()
+    exact = float(((eta * g) ** 2).sum() / e.numel())
+    res["remainder_exact"] = exact
+    for label in ("float32", "float64"):
+        res[f"rel_error_{label}"] = abs(res[f"remainder_{label}"] - exact) / exact
+    res["float32_spacing"] = float(torch.finfo(torch.float32).eps) * res["loss"]
+    return res
+
+
+def plot_curves(hists: pd.DataFrame, metric: str = "test_rmse", ylabel: str | None = None) -> Any:
+    """One panel per (dataset, loss, optimizer): mean over seeds of ``metric`` per epoch for
+    each arm, with a band of +-1 standard deviation over seeds. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    groups = list(hists.groupby(["dataset", "loss", "optimizer"], sort=False))
+    ncol = 4
+    nrow = math.ceil(len(groups) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False)
+    for ax, ((ds, lo, op), g) in zip(axes.flat, groups):
+        for arm, color in (("standard", "tab:blue"), ("gal", "tab:red")):
+            stats = g[g["arm"] == arm].groupby("epoch")[metric].agg(["mean", "std"])
+            ax.plot(stats.index, stats["mean"], color=color, label=arm)
+            ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0), stats["mean"] + stats["std"].fillna(0),
+                            color=color, alpha=0.2)
+        ax.set_title(f"{ds} / {lo} / {op}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel or metric)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_remainders(hists: pd.DataFrame) -> Any:
+    """GAL arm: epoch-mean |remainder| of the adjusted step and of the plain step (same batch,
+    same point; log scale), mean over seeds, one panel per (dataset, loss, optimizer)."""
+    import matplotlib.pyplot as plt
+
+    gal = hists[hists["arm"] == "gal"]
+    groups = list(gal.groupby(["dataset", "loss", "optimizer"], sort=False))
+    ncol = 4
+    nrow = math.ceil(len(groups) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False)
+    for ax, ((ds, lo, op), g) in zip(axes.flat, groups):
+        m = g.groupby("epoch")[["remainder_abs", "remainder_plain_abs"]].mean()
+        ax.semilogy(m.index, m["remainder_abs"], color="tab:red", label="with adjustment (g + a)")
+        ax.semilogy(m.index, m["remainder_plain_abs"], color="k", ls="--", label="without (g)")
+        ax.set_title(f"{ds} / {lo} / {op}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("|remainder|")
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
