@@ -20,10 +20,9 @@ One target, so ``GAL(output_dim=1)``: h maps R^1 -> R^1 (see :func:`one_target_p
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -36,14 +35,14 @@ from galcore.datasets import digits_arrays
 from galcore.models import MLP, SmallCNN
 from galcore.optim import current_lr, make_optimizer
 from galcore.profile import Profile, choose
-from galcore.results import results_dir
-from galcore.training import Data, RunResult, Setup, TrainConfig, _train, loss_function, paired_table
+from galcore.training import Data, Setup, TrainConfig, loss_function, paired_table, run
 
 __all__ = [
     "DATASETS",
     "LOSSES",
     "OPTIMIZERS",
     "DatasetUnavailable",
+    "arms_for",
     "california",
     "default_setup",
     "diabetes",
@@ -57,7 +56,6 @@ __all__ = [
     "rotate_images",
     "rotated_digits",
     "rotated_digits_arrays",
-    "run_cached",
     "run_grid",
 ]
 
@@ -140,7 +138,9 @@ def rotate_images(images: Tensor, angles_deg: Tensor) -> Tensor:
         (N, C, H, W), bilinear, zeros outside. One batched ``grid_sample``, no loop.
     """
     if images.ndim != 4 or angles_deg.shape != (images.shape[0],):
-        raise ValueError(f"need images (N, C, H, W) and angles (N,), got {tuple(images.shape)} and {tuple(angles_deg.shape)}")
+        raise ValueError(
+            f"need images (N, C, H, W) and angles (N,), got {tuple(images.shape)} and {tuple(angles_deg.shape)}"
+        )
     t = torch.deg2rad(angles_deg.to(images.dtype))
     c, s = torch.cos(t), torch.sin(t)
     zero = torch.zeros_like(t)
@@ -197,7 +197,7 @@ def rotated_digits(
     xr_tr, a_tr, xr_te, a_te = rotated_digits_arrays(copies, size, max_angle, angle_seed, test_size, split_seed)
     xr_tr, xr_te, _, _ = _standardise(xr_tr, xr_te, dim=None)
     y_tr, y_te, _, y_std = _standardise(a_tr, a_te)
-    name = f"rotdigits-{copies}-{size}-{max_angle:g}-{angle_seed}-{test_size}-{split_seed}"
+    name = f"rotated_digits-{copies}-{size}-{max_angle:g}-{angle_seed}-{test_size}-{split_seed}"
     return Data(name, xr_tr, y_tr, xr_te, y_te, num_outputs=1, y_scale=float(y_std))
 
 
@@ -267,20 +267,9 @@ def gal_options(ratio: float = 0.1, compute_dtype: torch.dtype | None = torch.fl
 
 
 # -- running --------------------------------------------------------------------------------
-def run_cached(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = True) -> RunResult:
-    """:func:`galcore.training.run` with the same cache file, but a JSON writer that accepts a
-    ``torch.dtype`` in ``cfg.gal`` (``run`` writes with ``default=float``, which fails on
-    ``compute_dtype``)."""
-    path = results_dir("cache") / f"{cfg.data}-{cfg.model}-{cfg.key()}.json"
-    if cache and path.is_file():
-        return RunResult(**json.loads(path.read_text()))
-    result = _train(cfg, data, model_fn, False)
-    if cache:
-        path.write_text(json.dumps(asdict(result), default=lambda v: str(v) if isinstance(v, torch.dtype) else float(v)))
-    return result
-
-
-def arms_for(setup: Setup, loss: str, optimizer: str, gal: Mapping[str, Any] | None = None, dataset: str | None = None) -> dict[str, TrainConfig]:
+def arms_for(
+    setup: Setup, loss: str, optimizer: str, gal: Mapping[str, Any] | None = None, dataset: str | None = None
+) -> dict[str, TrainConfig]:
     """``{"standard": ..., "gal": ...}`` for one loss and optimizer, lr from :data:`LR`."""
     key = dataset or _dataset_of(setup)
     base = replace(setup.base, loss=loss, optimizer=optimizer, lr=LR[key][optimizer])
@@ -288,8 +277,8 @@ def arms_for(setup: Setup, loss: str, optimizer: str, gal: Mapping[str, Any] | N
 
 
 def _dataset_of(setup: Setup) -> str:
-    name = setup.data.name
-    return "rotated_digits" if name.startswith("rotdigits") else name.split("-")[0]
+    """The dataset key: data names start with it and a dash (``LR[name.split("-")[0]]``)."""
+    return setup.data.name.split("-")[0]
 
 
 def run_grid(
@@ -317,7 +306,7 @@ def run_grid(
         iterator = tqdm(jobs, desc=f"{dataset}: runs", mininterval=2.0)
     finals, hists = [], []
     for lo, op, seed, arm, cfg in iterator:
-        res = run_cached(replace(cfg, seed=seed), setup.data, setup.model_fn, cache=cache)
+        res = run(replace(cfg, seed=seed), setup.data, setup.model_fn, cache=cache)
         tags = {"dataset": dataset, "loss": lo, "optimizer": op, "arm": arm, "seed": seed}
         row = {**tags, **res.final, "seconds": res.seconds}
         if "accept_rate" in res.history[0]:
@@ -327,7 +316,9 @@ def run_grid(
     return pd.DataFrame(finals), pd.DataFrame(hists)
 
 
-def results_table(finals: pd.DataFrame, metrics: Sequence[str] = ("test_rmse", "test_mae", "test_rmse_orig", "test_mae_orig")) -> pd.DataFrame:
+def results_table(
+    finals: pd.DataFrame, metrics: Sequence[str] = ("test_rmse", "test_mae", "test_rmse_orig", "test_mae_orig")
+) -> pd.DataFrame:
     """Paired ``gal - standard`` per dataset, loss, optimizer and metric (95% CI over seeds),
     with the columns :data:`TABLE_COLUMNS` (negative ``mean_diff`` = GAL has the lower error)."""
     rows = []

@@ -57,8 +57,8 @@ def plot_surface_3d(lim: float = 1.5, n: int = 121) -> Figure:
     return fig
 
 
-def _contour(ax: Any, lim: float = 1.5) -> None:
-    X, Y, Z = surface_grid(lim, 201)
+def _contour(ax: Any, lim: float = 1.5, n: int = 201) -> None:
+    X, Y, Z = surface_grid(lim, n)
     ax.contourf(X, Y, Z, levels=30, cmap="viridis", alpha=0.8)
     ax.contour(X, Y, Z, levels=30, colors="k", linewidths=0.2, alpha=0.5)
     m = local_minima()
@@ -70,15 +70,15 @@ def _contour(ax: Any, lim: float = 1.5) -> None:
     ax.set_aspect("equal")
 
 
-def plot_toy_trajectories(pairs: Mapping[str, tuple[ToyRun, ToyRun]], lim: float = 1.5) -> Figure:
+def plot_toy_trajectories(pairs: Mapping[str, tuple[ToyRun, ToyRun]], lim: float = 1.5, n: int = 201) -> Figure:
     """One contour panel per optimizer with the plain (blue) and GAL (red) trajectories.
 
-    ``pairs``: ``{label: (plain_run, gal_run)}``.
+    ``pairs``: ``{label: (plain_run, gal_run)}``; ``n``: contour grid points per side.
     """
     k = len(pairs)
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
     for ax, (label, (plain, gal)) in zip(axes[0], pairs.items(), strict=True):
-        _contour(ax, lim)
+        _contour(ax, lim, n)
         for run, color, name in ((plain, PLAIN_COLOR, "plain"), (gal, GAL_COLOR, "GAL")):
             p = run.positions
             ax.plot(p[:, 0], p[:, 1], "-", color=color, lw=1.3, label=f"{name}: z={run.final_loss:.3f}")

@@ -134,15 +134,33 @@ class RunResult:
         return pd.DataFrame(self.history)
 
 
+def _regression_loss(fn: Callable[..., Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    def loss(out: Tensor, target: Tensor) -> Tensor:
+        # GAL may evaluate the loss in another dtype (compute_dtype): follow the outputs
+        return fn(out, target.to(out.dtype))
+
+    return loss
+
+
+_LOSS_FNS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": F.cross_entropy,
+    "mse": _regression_loss(F.mse_loss),
+    "huber": _regression_loss(F.huber_loss),
+}
+
+
 def loss_function(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """``cross_entropy`` (logits, class indices), ``mse``, ``huber`` (delta 1): batch means."""
-    if name == "cross_entropy":
-        return F.cross_entropy
-    if name == "mse":
-        return F.mse_loss
-    if name == "huber":
-        return F.huber_loss
-    raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+    """``cross_entropy`` (logits, class indices), ``mse``, ``huber`` (delta 1): batch means.
+
+    Regression targets are cast to the outputs' dtype (GAL's ``compute_dtype``)."""
+    try:
+        return _LOSS_FNS[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}") from None
+
+
+def _json_default(value: Any) -> Any:
+    return str(value) if isinstance(value, torch.dtype) else float(value)
 
 
 def _device(name: str) -> torch.device:
@@ -208,7 +226,7 @@ def run(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cach
         return RunResult(**blob)
     result = _train(cfg, data, model_fn, progress)
     if cache:
-        path.write_text(json.dumps(asdict(result), default=float))
+        path.write_text(json.dumps(asdict(result), default=_json_default))
     return result
 
 

@@ -51,7 +51,8 @@ def test_rotate_by_zero_is_identity_and_by_90_is_rot90() -> None:
 def _orientation_deg(img: torch.Tensor) -> float:
     """Principal-axis angle of an intensity image, counter-clockwise from the x axis (y up)."""
     h, w = img.shape
-    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    ar = lambda n: torch.arange(n, dtype=torch.float64)  # noqa: E731
+    rows, cols = torch.meshgrid(ar(h), ar(w), indexing="ij")
     wgt = img.double() / img.sum()
     xs, ys = cols, -rows  # y up on screen
     mx, my = (wgt * xs).sum(), (wgt * ys).sum()
@@ -107,18 +108,19 @@ def test_default_setup_runs(dataset: str, tmp_path, monkeypatch) -> None:
     arms = R.arms_for(s, "huber", "adam")
     assert arms["standard"].gal is None and arms["gal"].gal is not None
     assert arms["standard"].lr == arms["gal"].lr == R.LR[dataset]["adam"]
+    assert s.data.name.split("-")[0] == dataset  # how LR is looked up from a setup
     s1 = replace(s, base=replace(s.base, epochs=1), seeds=(0, 1))
-    finals, hists = R.run_grid(s1, losses=("mse",), optimizers=("momentum",), progress=False)
-    assert len(finals) == 4 and set(finals["arm"]) == {"standard", "gal"}
+    finals, hists = R.run_grid(s1, losses=("mse", "huber"), optimizers=("momentum",), progress=False)
+    assert len(finals) == 8 and set(finals["arm"]) == {"standard", "gal"}
     assert np.isfinite(finals["test_rmse"]).all()
     g = finals[finals["arm"] == "gal"]
     assert ((g["accept_rate_mean"] >= 0) & (g["accept_rate_mean"] <= 1)).all()
     assert (hists.loc[hists["arm"] == "gal", "remainder_plain_abs"] > 0).all()
     # cached: a second call reads the same numbers back (and the dtype in cfg.gal survives)
-    again, _ = R.run_grid(s1, losses=("mse",), optimizers=("momentum",), progress=False)
+    again, _ = R.run_grid(s1, losses=("mse", "huber"), optimizers=("momentum",), progress=False)
     pd.testing.assert_series_equal(again["test_rmse"], finals["test_rmse"])
     table = R.results_table(finals, metrics=("test_rmse",))
-    assert list(table.columns) == R.TABLE_COLUMNS and len(table) == 1 and int(table["n"].iloc[0]) == 2
+    assert list(table.columns) == R.TABLE_COLUMNS and len(table) == 2 and (table["n"] == 2).all()
 
 
 def test_one_target_adjustment_is_a_fixed_sign() -> None:

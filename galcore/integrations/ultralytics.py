@@ -116,6 +116,11 @@ def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.P
     import ultralytics.utils as uu  # noqa: PLC0415 - after the environment is set
     import ultralytics.utils.checks as uc
 
+    user_dir = Path(uu.USER_CONFIG_DIR)  # differs from cfg/Ultralytics if Ultralytics was imported before
+    with contextlib.suppress(OSError):
+        user_dir.mkdir(parents=True, exist_ok=True)
+        if not (user_dir / "Arial.ttf").is_file():
+            shutil.copyfile(font, user_dir / "Arial.ttf")
     uu.ONLINE = False
     uc.ONLINE = False
     uc.AUTOINSTALL = False
@@ -208,7 +213,9 @@ class GALConfig:
             if "gal" in base and isinstance(base["gal"], Mapping):
                 base = dict(base["gal"])
         else:
-            raise TypeError(f"gal must be a GALConfig, a dict or a path to a yaml/json file, got {type(value).__name__}")
+            raise TypeError(
+                f"gal must be a GALConfig, a dict or a path to a yaml/json file, got {type(value).__name__}"
+            )
         base.update(overrides)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(base) - names)
@@ -304,7 +311,9 @@ class GALCriterion:
         else:
             branches = {k: v for k, v in preds.items() if isinstance(v, dict)}
             if not branches or any("boxes" not in v for v in branches.values()):
-                raise TypeError(f"unsupported head output keys {sorted(preds)}; GALDetectionTrainer handles Detect heads")
+                raise TypeError(
+                    f"unsupported head output keys {sorted(preds)}; GALDetectionTrainer handles Detect heads"
+                )
         xs: list[Tensor] = []
         splits: list[int] = []
         for b in branches.values():
@@ -423,7 +432,9 @@ def _trainer_class() -> type:
                 if self._gal_user_options and cfg != self.gal_config:
                     from ultralytics.utils import LOGGER
 
-                    LOGGER.warning(f"GAL: resume uses the checkpoint's options {cfg.to_dict()}, ignoring the ones passed")
+                    LOGGER.warning(
+                        f"GAL: resume uses the checkpoint's options {cfg.to_dict()}, ignoring the ones passed"
+                    )
                 self.gal_config = cfg
                 self._gal_resume = saved
             return ckpt
@@ -442,11 +453,14 @@ def _trainer_class() -> type:
                 gal = self.gal_config.build(no)
             return gal.to(self.device)
 
-        def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):  # type: ignore[override]
+        def build_optimizer(  # type: ignore[override]
+            self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5
+        ):
             optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
             if self.gal is None:
                 self.gal = self._build_gal()
-            ref_group = next((g for g in optimizer.param_groups if g.get("param_group") == "bias"), optimizer.param_groups[0])
+            groups = optimizer.param_groups
+            ref_group = next((g for g in groups if g.get("param_group") == "bias"), groups[0])
             group = {k: v for k, v in ref_group.items() if k not in ("params", "initial_lr", "param_group", "use_muon")}
             group.update(
                 params=[p for p in self.gal.parameters() if p.requires_grad],
@@ -475,8 +489,9 @@ def _trainer_class() -> type:
                 inner = inner.inner
             model.criterion = GALCriterion(inner, self.gal, self._current_lr, model, self._gal_steps.append)
             self.gal.train()
-            if self.save_dir and not self.resume:
+            if self.save_dir and not self.resume:  # a new run (exist_ok may reuse a folder): start clean
                 with contextlib.suppress(OSError):
+                    (self.save_dir / "gal_steps.csv").unlink(missing_ok=True)
                     (self.save_dir / "gal.json").write_text(json.dumps(self.gal_config.to_dict(), indent=2))
 
         def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
