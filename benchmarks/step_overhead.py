@@ -166,16 +166,22 @@ def step_peak_bytes(runner: Runner, x: Tensor, y: Tensor, device: torch.device) 
     return None  # other devices: not measured
 
 
-def time_steps(runner: Runner, batches: list[tuple[Tensor, Tensor]], n: int, start: int, device: torch.device) -> list[float]:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_steps(
+    runner: Runner, batches: list[tuple[Tensor, Tensor]], n: int, start: int, device: torch.device, clock: str = "wall"
+) -> list[float]:
     """Time ``n`` steps one by one (seconds each), cycling through ``batches`` from index ``start``."""
+    now = CLOCKS[clock]
     times = []
     for i in range(n):
         x, y = batches[(start + i) % len(batches)]
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = now()
         runner.step(x, y)
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
     return times
 
 
@@ -190,7 +196,8 @@ def quantile(xs: list[float], q: float) -> float:
 
 
 def bench_model(
-    name: str, device: torch.device, steps: int, warmup: int, block: int, seed: int, measure_memory: bool
+    name: str, device: torch.device, steps: int, warmup: int, block: int, seed: int, measure_memory: bool,
+    clock: str = "wall",
 ) -> dict[str, Any]:
     factory, shape, batch = MODELS[name]
     torch.manual_seed(seed)
@@ -218,11 +225,11 @@ def bench_model(
         n = min(block, steps - done)
         order = ("standard", "gal") if rnd % 2 == 0 else ("gal", "standard")
         for key in order:
-            times[key].extend(time_steps(runners[key], batches, n, done, device))
+            times[key].extend(time_steps(runners[key], batches, n, done, device, clock))
         done += n
         rnd += 1
 
-    row: dict[str, Any] = {"model": name, "batch": batch, "input_shape": list(shape), "steps": steps}
+    row: dict[str, Any] = {"model": name, "batch": batch, "input_shape": list(shape), "steps": steps, "clock": clock}
     for key in ("standard", "gal"):
         ms = [t * 1e3 for t in times[key]]
         row[f"{key}_ms_median"] = statistics.median(ms)
@@ -252,7 +259,8 @@ def format_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{'std peak MB':>11} {'GAL peak MB':>11} {'std pers MB':>11} {'GAL pers MB':>11}"
     )
     lines = [
-        f"GAL vs standard step on {meta['device']} ({meta['threads']} threads, torch {meta['torch']}); "
+        f"GAL vs standard step on {meta['device']} ({meta['threads']} threads, torch {meta['torch']}, "
+        f"{meta['clock']} clock); "
         f"median of {{steps}} steps per variant, ABBA-interleaved blocks",
         head,
         "-" * len(head),
@@ -303,6 +311,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--block", type=int, default=None, help="steps per interleaved block (default 10, quick 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall",
+        help="wall: perf_counter (default); cpu: process CPU time, all threads (CPU only; steadier on a busy "
+        "machine, since time spent waiting for a core is not counted; with --threads > 1 it includes "
+        "OpenMP spin-waits)",
+    )
     ap.add_argument("--quick", action="store_true", help="a few steps per model (seconds; for the tests)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     ap.add_argument("--seed", type=int, default=0)
@@ -312,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        raise SystemExit("--clock cpu measures host CPU time; use the wall clock on an accelerator")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -333,7 +349,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lr": LR,
         "momentum": MOMENTUM,
         "gal": {"ratio": 1e-3, "h": "release linear stack 10-100-32-16-10"},
-        "timing": "per-step perf_counter; median over steps; ratio = median GAL / median standard",
+        "clock": args.clock,
+        "timing": (
+            f"per-step {'perf_counter (wall)' if args.clock == 'wall' else 'process_time (CPU)'}; "
+            "median over steps; ratio = median GAL / median standard"
+        ),
         "memory_method": (
             "torch.cuda.max_memory_allocated delta" if device.type == "cuda"
             else "torch.profiler profile_memory 'Total Allocated' peak" if device.type == "cpu" else "not measured"
@@ -345,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in models:
         steps = args.steps if args.steps is not None else (3 if args.quick else DEFAULT_STEPS[name])
         print(f"[step_overhead] {name}: {warmup} warm-up + {steps} timed steps per variant on {device} ...", flush=True)
-        rows.append(bench_model(name, device, steps, warmup, block, args.seed, not args.no_memory))
+        rows.append(bench_model(name, device, steps, warmup, block, args.seed, not args.no_memory, args.clock))
     json_path, csv_path = write_outputs(rows, meta, args.json)
     print(format_table(rows, meta))
     print(f"wrote {json_path} and {csv_path}")

@@ -67,7 +67,9 @@ def train_yolo(
     :class:`~galcore.integrations.ultralytics.GALDetectionTrainer` (``method="gal"``), offline.
 
     The defaults make a small CPU run: no plots, no AMP, no pretrained weights, no mosaic,
-    ``nbs=batch`` (one optimizer step per batch), AdamW at lr 1e-3 with one warmup epoch,
+    ``nbs=batch`` (one optimizer step per batch), AdamW at lr 1e-3 with one warmup epoch (and
+    Ultralytics' default bias warmup from lr 0.1, which corrects the class-prior bias set for
+    640-pixel images quickly at these small sizes),
     validation only after the last epoch (``val=False``), deterministic, seeded by ``seed``
     (the model's initial weights and the data order depend only on it, not on the method).
     ``train_kwargs`` override any of these.
@@ -97,7 +99,7 @@ def train_yolo(
         data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, nbs=batch, device="cpu", workers=0, amp=False,
         pretrained=False, plots=False, seed=seed, deterministic=True, project=str(project),
         name=f"{arch}_{method}_s{seed}", exist_ok=True, verbose=False, mosaic=0.0, warmup_epochs=1,
-        optimizer="AdamW", lr0=0.001, warmup_bias_lr=0.0, val=False,
+        optimizer="AdamW", lr0=0.001, val=False,
     )
     args.update(train_kwargs)
     extra: dict[str, Any] = {}

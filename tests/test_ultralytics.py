@@ -28,8 +28,6 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from galcore.data.shapes_detection import ShapesConfig, shapes_detection  # noqa: E402
 from galcore.integrations.ultralytics import GALCriterion, GALDetectionTrainer  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 DATA = ShapesConfig(n_train=16, n_val=8, imgsz=64, seed=1)
 
 
@@ -123,6 +121,7 @@ def test_offline_env_sets_ultralytics_offline(tmp_path: Path) -> None:
     assert uu.ONLINE is False and uu.SETTINGS["sync"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["yolov8n", "yolo11n"])
 def test_one_epoch_logs_and_checkpoints_gal(arch: str, data_yaml: str, tmp_path: Path) -> None:
     model = YOLO(f"{arch}.yaml")
@@ -177,6 +176,7 @@ def test_one_epoch_logs_and_checkpoints_gal(arch: str, data_yaml: str, tmp_path:
     assert 0.0 <= model.metrics.box.map <= model.metrics.box.map50 <= 1.0
 
 
+@pytest.mark.slow
 def test_ratio_zero_reproduces_standard_training(data_yaml: str, tmp_path: Path) -> None:
     """With r = 0 the chosen gradient is the plain one: the run must match Ultralytics' own."""
     std = YOLO("yolov8n.yaml")
@@ -201,6 +201,7 @@ class _Interrupt(RuntimeError):
     pass
 
 
+@pytest.mark.slow
 def test_resume_restores_gal_state(data_yaml: str, tmp_path: Path) -> None:
     model = YOLO("yolov8n.yaml")
 
@@ -263,3 +264,60 @@ def test_criterion_copies_drop_gal() -> None:
     holder = torch.nn.Module()
     holder.criterion = crit
     assert copy.deepcopy(holder).criterion is None  # ModelEMA / checkpoint copies get a fresh criterion
+
+
+def _fake_criterion(preds: Any, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Shaped like Ultralytics': (loss vector * batch size, detached items)."""
+    x = torch.cat([preds["boxes"], preds["scores"]], dim=1)
+    box = ((x[:, :4] - 1.0) ** 2).mean()
+    cls = torch.nn.functional.softplus(x[:, 4:]).mean()
+    vec = torch.stack([box, cls, 0.5 * box]) * x.shape[0]
+    return vec, dict(zip(("box_loss", "cls_loss", "dfl_loss"), vec.detach() / x.shape[0]))
+
+
+def _fake_preds(seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    boxes = torch.randn(3, 4, 7, generator=g, requires_grad=True)
+    scores = torch.randn(3, 2, 7, generator=g, requires_grad=True)
+    return {"boxes": boxes, "scores": scores, "feats": [torch.zeros(3, 8, 7, 1)]}
+
+
+def test_criterion_keeps_values_and_sends_gals_gradient() -> None:
+    model = torch.nn.Linear(1, 1).train()
+    gal = GALConfig(ratio=0.3, accept="always", hidden=(8,)).build(6)
+    crit = GALCriterion(_fake_criterion, gal, lr=lambda: 0.5, model=model)
+    preds = _fake_preds()
+    vec, items = crit(preds, None)
+    ref_vec, ref_items = _fake_criterion(_fake_preds(), None)
+    torch.testing.assert_close(vec, ref_vec)  # Ultralytics' loss vector, scaling kept
+    assert items.keys() == ref_items.keys()
+    vec.sum().backward()
+    # the same step through GAL.backward on a copy of h gives the same output gradient
+    gal2 = GALConfig(ratio=0.3, accept="always", hidden=(8,)).build(6)
+    gal2.load_state_dict(gal.state_dict())
+    gal2.num_steps.zero_()
+    p2 = _fake_preds()
+    x = torch.cat([p2["boxes"], p2["scores"]], dim=1)
+    gal2.backward(x, lambda z: _fake_criterion({"boxes": z[:, :4], "scores": z[:, 4:]}, None)[0].sum(), 0.5)
+    torch.testing.assert_close(preds["boxes"].grad, p2["boxes"].grad)
+    torch.testing.assert_close(preds["scores"].grad, p2["scores"].grad)
+    plain = _fake_preds()
+    _fake_criterion(plain, None)[0].sum().backward()
+    assert not torch.allclose(preds["scores"].grad, plain["scores"].grad)  # the adjustment is there
+    assert all(p.grad is not None for p in gal.parameters())  # and h got its remainder gradient
+
+
+def test_criterion_passes_through_outside_training() -> None:
+    model = torch.nn.Linear(1, 1)
+    gal = GALConfig(ratio=0.3).build(6)
+    crit = GALCriterion(_fake_criterion, gal, lr=lambda: 0.5, model=model)
+    model.eval()
+    crit(_fake_preds(), None)  # validation
+    model.train()
+    with torch.no_grad():
+        crit(_fake_preds(), None)
+    zero_lr = GALCriterion(_fake_criterion, gal, lr=lambda: 0.0, model=model)
+    zero_lr(_fake_preds(), None)  # the first warmup iteration
+    assert int(gal.num_steps) == 0
+    crit(_fake_preds(), None)
+    assert int(gal.num_steps) == 1

@@ -2,11 +2,18 @@
 
 Usage (offline, from a bundled model yaml)::
 
-    from galcore.integrations.ultralytics import GALDetectionTrainer, offline_env
+    from galcore.integrations.ultralytics import offline_env
     offline_env()                      # before importing ultralytics: no network, local config dir
     from ultralytics import YOLO
+    from galcore.integrations.ultralytics import GALDetectionTrainer  # imports Ultralytics
     YOLO("yolov8n.yaml").train(data="data.yaml", trainer=GALDetectionTrainer,
-                               gal_ratio=1e-3, gal_scale=1.0, epochs=10, imgsz=64, device="cpu")
+                               gal_ratio=1e-3, gal_scale=1.0, epochs=10, imgsz=64, device="cpu",
+                               workers=0, amp=False, pretrained=False, plots=False)
+    # resume an interrupted run (GAL's options and state come from the checkpoint):
+    YOLO("runs/detect/train/weights/last.pt").train(resume=True, trainer=GALDetectionTrainer)
+
+GAL's options can also come as ``gal=GALConfig(...)``, ``gal={...}`` or ``gal="gal.yaml"``
+(a yaml/json file with the options, optionally under a ``gal:`` key).
 
 What it does. Ultralytics' training step is ``loss, items = model(batch)`` (the model forwards
 the images and calls its criterion on the raw head outputs) then
@@ -304,6 +311,9 @@ class GALCriterion:
         """Join each branch's per-anchor outputs into (B, no, A); return them and a rebuilder."""
         if isinstance(preds, tuple):  # (inference, raw) in eval mode
             preds = preds[1]
+        if isinstance(preds, list) and preds and all(isinstance(p, Tensor) and p.ndim == 4 for p in preds):
+            # Ultralytics < 8.4: one (B, no, H, W) map per scale, channels already joined
+            return list(preds), list, [p.shape[1] for p in preds]
         if not isinstance(preds, dict):
             raise TypeError(f"expected the Detect head's training dict, got {type(preds).__name__}")
         if "boxes" in preds:
