@@ -31,9 +31,15 @@ optimizer-*    standard, GAL (per optimizer)                    standard
 cost-*         standard, GAL                                    standard
 =============  ===============================================  ===========================
 
-Everything a study does not vary is the setup's GAL base (:func:`gal_base`): the regression
-module's ``gal_options()`` where it has one, else ``ratio=1e-3`` (the CIFAR-10 release) and
-galcore's defaults (``scale=1``, release h, ``first_order="sum"``, ``accept="decrease"``).
+Everything a study does not vary is the setup's GAL base (:func:`gal_base`): the shared
+module's ``gal_options()`` (both have one: ratio 1e-3 for classification, 0.1 for regression,
+GAL's arithmetic in float64), else ``ratio=1e-3`` (the CIFAR-10 release) and galcore's
+defaults (``scale=1``, release h, ``first_order="sum"``, ``accept="decrease"``).
+
+Profiles: ``smoke`` (nbval, about half a minute): 2 seeds, 1-2 epochs on a few hundred rows.
+``default`` (the main job, minutes on 2 CPU cores): the setups as notebooks 02 and 04 run them,
+5 seeds. ``full``: the same in-memory setups with 10 seeds (a paper-scale ablation would be
+some 250 paper-scale runs per setup).
 """
 
 from __future__ import annotations
@@ -71,23 +77,34 @@ from galcore.training import Data, RunResult, Setup, TrainConfig, _build_gal, lo
 __all__ = [
     "BUDGET",
     "GROUPS",
+    "METRICS",
+    "OPTIMIZER_ARMS",
     "SETUP_MODULES",
+    "SUMMARY_COLUMNS",
+    "LoadedSetup",
+    "Metric",
     "Study",
     "arm_table",
     "build_studies",
+    "canonical_gal",
+    "default_studies",
     "describe",
+    "describe_arms",
     "flatten_config",
+    "format_summary",
     "gal_base",
     "load_setup",
     "measure_cost",
+    "pending_jobs",
     "plot_group",
+    "prefetch",
+    "report_group",
     "run_all",
+    "run_cached",
     "run_study",
     "same_values",
     "save_summary",
-    "format_summary",
-    "report_group",
-    "describe_arms",
+    "shared_optimizers",
     "summarize",
     "summarize_finals",
     "summary_table",
@@ -101,19 +118,20 @@ OUT = "05_ablations"
 #: or a module that does not exist, uses this module's fallback. Switching is this one line.
 SETUP_MODULES: dict[str, str | None] = {"classification": "galcore.classification", "regression": "galcore.regression"}
 
-#: Caps applied to whichever setup is used: epochs, training rows (None: all), seeds.
+#: Applied to whichever setup is used: at most ``epochs`` epochs and ``max_train`` training
+#: rows (None: the setup's), exactly ``seeds`` seeds (the setup's first ones, else 0..n-1).
 BUDGET: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "classification": {"epochs": 1, "max_train": 256, "seeds": 2},
         "regression": {"epochs": 2, "max_train": 128, "seeds": 2},
     },
     "default": {
-        "classification": {"epochs": 12, "max_train": None, "seeds": 5},
-        "regression": {"epochs": 25, "max_train": None, "seeds": 5},
+        "classification": {"epochs": None, "max_train": None, "seeds": 5},
+        "regression": {"epochs": None, "max_train": None, "seeds": 5},
     },
     "full": {
-        "classification": {"epochs": 30, "max_train": None, "seeds": 10},
-        "regression": {"epochs": 40, "max_train": None, "seeds": 10},
+        "classification": {"epochs": None, "max_train": None, "seeds": 10},
+        "regression": {"epochs": None, "max_train": None, "seeds": 10},
     },
 }
 
@@ -130,6 +148,7 @@ GAL_DEFAULTS: dict[str, Any] = {
     "frozen_h": False,
     "h_seed": None,
 }
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -273,7 +292,8 @@ def load_setup(task: Task, profile: Profile | None = None) -> LoadedSetup:
         source = f"{__name__} fallback"
     budget = BUDGET[p][task]
     data = _subset(setup.data, budget["max_train"])
-    base = replace(setup.base, gal=None, data=data.name, epochs=min(setup.base.epochs, budget["epochs"]))
+    epochs = setup.base.epochs if budget["epochs"] is None else min(setup.base.epochs, budget["epochs"])
+    base = replace(setup.base, gal=None, data=data.name, epochs=epochs)
     seeds = tuple(setup.seeds[: budget["seeds"]]) if len(setup.seeds) >= budget["seeds"] else tuple(range(budget["seeds"]))
     sized = Setup(data=data, model_fn=setup.model_fn, base=base, seeds=seeds)
     return LoadedSetup(task, sized, gal_base(task, module, sp), source, shared_optimizers(module, setup))
@@ -520,12 +540,13 @@ def build_studies(loaded: Iterable[LoadedSetup]) -> list[Study]:
                          "worse": f"GAL hurts training with {label}"},
             ))
         cost_arms = {"standard": base, "GAL": replace(base, gal=canonical_gal(g0))}
-        for m in ("step_ms", "step_peak_mb"):
+        for m, worse in (("step_ms", "a GAL step takes {ratio} times as long as a standard one"),
+                         ("step_peak_mb", "a GAL step allocates {pct} more tensor memory at its peak")):
             by_group["cost"].append(Study(
                 f"cost-{m}:{task}", "cost", METRICS[m].noun, ("gal.ratio",), task, cost_arms, "standard", s, m,
                 meaning={"better": "GAL is not more expensive here (unexpected; check the measurement)",
                          "none": "GAL's extra cost is below what this measurement resolves",
-                         "worse": "a GAL step costs {ratio} times a standard one"},
+                         "worse": worse},
                 kind="cost",
             ))
     return [st for g, _, _ in GROUPS for st in by_group[g]]
@@ -643,19 +664,28 @@ def run_all(
 ) -> dict[str, pd.DataFrame]:
     """Finals of every study (``{study key: finals}``). Uncached training runs are first
     computed by ``workers`` processes (default: 1 in smoke, else up to 2); the cost studies
-    run afterwards, alone, so that their timings are not disturbed by training."""
+    run afterwards, alone, so that their timings are not disturbed by training.
+
+    Everything runs with one torch thread (the models are tiny: more threads only spin), in
+    the workers and here alike, so a run gives the same numbers wherever it ran; the
+    caller's thread count is restored on return."""
     if workers is None:
         workers = choose(1, min(2, os.cpu_count() or 1), profile=profile)
-    prefetch(studies, workers, profile, progress)
-    out: dict[str, pd.DataFrame] = {}
-    cost_cache: dict[str, pd.DataFrame] = {}
-    for st in studies:
-        if st.kind == "cost":
-            if st.task not in cost_cache:
-                cost_cache[st.task] = measure_cost(st, profile=profile)
-            out[st.key] = cost_cache[st.task]
-        else:
-            out[st.key] = run_study(st)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prefetch(studies, workers, profile, progress)
+        out: dict[str, pd.DataFrame] = {}
+        cost_cache: dict[str, pd.DataFrame] = {}
+        for st in studies:
+            if st.kind == "cost":
+                if st.task not in cost_cache:
+                    cost_cache[st.task] = measure_cost(st, profile=profile)
+                out[st.key] = cost_cache[st.task]
+            else:
+                out[st.key] = run_study(st)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -761,7 +791,8 @@ def measure_cost(
     and the median is kept. Peak memory: tensor bytes allocated during one step above what was
     live at its start (the benchmark's ``step_peak_bytes``: a profiler trace on CPU,
     ``max_memory_allocated`` on CUDA). Returns one row per (arm, seed): ``step_ms``,
-    ``step_peak_mb``, ``persistent_mb`` (parameters, gradients, optimizer state, h), ``timer``.
+    ``step_peak_mb``, ``persistent_mb`` (parameters, gradients, optimizer state, h), ``timer``
+    (whose code timed it) and ``threads`` (torch's CPU threads).
     """
     p = profile or get_profile()
     steps = steps if steps is not None else choose(6, 60, 200, profile=p)
@@ -809,6 +840,7 @@ def measure_cost(
                 "step_peak_mb": math.nan if peak is None else peak / 2**20,
                 "persistent_mb": runners[a].persistent_bytes() / 2**20,
                 "timer": timer,
+                "threads": torch.get_num_threads(),
             })
     return pd.DataFrame(rows)
 
@@ -916,7 +948,7 @@ def describe(row: Mapping[str, Any], *, k: int, metric_label: str, unit: str, go
     u = f" {unit}" if unit else ""
     pct = 100 * abs(diff) / abs(row["mean_control"]) if row["mean_control"] else math.nan
     ratio = row["mean_treatment"] / row["mean_control"] if row["mean_control"] else math.nan
-    fill = {"best": best, "control": control, "compared": compared, "pct": f"{pct:.0f}%", "ratio": f"{ratio:.2g}"}
+    fill = {"best": best, "control": control, "compared": compared, "pct": f"{pct:.2g}%", "ratio": f"{ratio:.2g}"}
     means = meaning.get(row["outcome"] if row["outcome"] != "identical" else "none", "").format(**fill)
     what = f"{row['factor']}" + (f" ({row['task']})" if row.get("task") else "")
     ci = f"95% CI {_sg(low)} to {_sg(high)}{u}, p = {_g(p)}, n = {n} seeds"
@@ -987,7 +1019,9 @@ def _t_interval(x: np.ndarray) -> tuple[float, float]:
 
 def arm_table(study: Study, finals: pd.DataFrame) -> pd.DataFrame:
     """Per arm: mean of the metric with its 95% t interval over seeds, and the paired
-    difference from the control with its 95% CI and p-value (the control's row has 0)."""
+    difference from the control with its 95% CI and p-value (the control's row has 0); also
+    the mean test loss (a continuous check when the metric is a count, like test error), the
+    acceptance rate of GAL arms and, in the cost study, the persistent memory."""
     rows = []
     for label in study.all_arms():
         v = _values(finals, label, study.metric).to_numpy(dtype=float)
@@ -1000,7 +1034,7 @@ def arm_table(study: Study, finals: pd.DataFrame) -> pd.DataFrame:
             r = _paired(finals, study.control, label, study.metric)
             row.update(diff=r.mean_diff, diff_low=r.low, diff_high=r.high, p_value=r.p_value)
         sub = finals[finals["arm"] == label]
-        for extra in ("accept_rate_mean", "persistent_mb"):
+        for extra in ("test_loss", "accept_rate_mean", "persistent_mb"):
             if extra in sub and sub[extra].notna().any():
                 row[extra] = float(sub[extra].mean())
         rows.append(row)
@@ -1114,19 +1148,25 @@ def report_group(
     group: str, studies: Sequence[Study], finals: Mapping[str, pd.DataFrame], summary: pd.DataFrame, *, save: bool = True
 ) -> tuple[Any, dict[str, pd.DataFrame], list[str]]:
     """A group's figure, its per-study arm tables and its summary sentences; with ``save``,
-    the figure goes to ``results/05_ablations/<group>.png`` and the tables to
-    ``<study>.csv`` (``:`` replaced by ``_``)."""
-    from galcore.results import save_figure, save_table
+    the figure goes to ``results/05_ablations/<group>.png`` (returned as its path: showing
+    the saved PNG avoids drawing the figure twice) and the tables to ``<study>.csv``
+    (``:`` replaced by ``_``); without, the figure itself is returned."""
+    import matplotlib.pyplot as plt
+
+    from galcore.results import save_table
 
     sts = [s for s in studies if s.group == group]
     fig = plot_group(group, sts, finals)
     tables = {s.key: arm_table(s, finals[s.key]) for s in sts}
     sentences = [str(summary.loc[summary["study"] == s.key, "sentence"].item()) for s in sts]
-    if save:
-        save_figure(fig, group, OUT)
-        for key, t in tables.items():
-            save_table(t, key.replace(":", "_"), OUT)
-    return fig, tables, sentences
+    if not save:
+        return fig, tables, sentences
+    path = results_dir(OUT) / f"{group}.png"
+    fig.savefig(path, dpi=100)  # laid out by tight_layout already
+    plt.close(fig)
+    for key, t in tables.items():
+        save_table(t, key.replace(":", "_"), OUT)
+    return path, tables, sentences
 
 
 def save_summary(summary: pd.DataFrame) -> Path:

@@ -25,6 +25,7 @@ kept to reproduce the release.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -102,6 +103,20 @@ def _check_lr(lr: float | Tensor) -> None:
         raise TypeError(f"lr must be a float or a 0-d tensor, got {type(lr).__name__}")
     if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr}")
+
+
+def _total(terms: list[Tensor]) -> Tensor:
+    """Sum of 0-d tensors (no stack for a single one)."""
+    return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """Leave an active autocast region for GAL's own arithmetic; a no-op when none is active."""
+    try:
+        active = torch.is_autocast_enabled(device_type)
+    except (RuntimeError, TypeError):  # device types without autocast support
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False) if active else contextlib.nullcontext()
 
 
 def _scalar_loss(value: Any) -> Tensor:
@@ -195,12 +210,13 @@ class _GALCore(nn.Module):
             return x.detach().to(self.compute_dtype)
         return x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach()
 
-    def _apply_h(self, x: Tensor, dim: int) -> Tensor:
-        """h on every vector of x along ``dim``; returns a tensor shaped like x."""
-        xm = x.movedim(dim, -1)
-        xm = torch.where(torch.isfinite(xm), xm, torch.zeros((), dtype=xm.dtype, device=xm.device))
-        h_dtype = next((p.dtype for p in self.h.parameters()), xm.dtype)
-        return cast(Tensor, self.h(xm.to(h_dtype))).to(x.dtype).movedim(-1, dim)
+    def _apply_h(self, x: Tensor, dim: int, h_dtype: torch.dtype) -> Tensor:
+        """h on every vector of x along ``dim`` (non-finite entries read as 0); shaped like x."""
+        last = dim == x.ndim - 1
+        xm = torch.nan_to_num(x if last else x.movedim(dim, -1), nan=0.0, posinf=0.0, neginf=0.0)
+        a = cast(Tensor, self.h(xm if xm.dtype == h_dtype else xm.to(h_dtype)))
+        a = a if a.dtype == x.dtype else a.to(x.dtype)
+        return a if last else a.movedim(-1, dim)
 
     def _step(
         self,
@@ -217,10 +233,11 @@ class _GALCore(nn.Module):
         """
         _check_lr(lr)
         eta = lr * self.scale
-        h_params = [p for p in self.h.parameters() if p.requires_grad]
+        h_params = self._h_params()
+        h_dtype = h_params[0].dtype if h_params else next((p.dtype for p in self.h.parameters()), xs[0].dtype)
         work = [self._work_copy(x) for x in xs]
         device_type = work[0].device.type
-        with torch.enable_grad(), torch.autocast(device_type=device_type, enabled=False):
+        with torch.enable_grad(), _no_autocast(device_type):
             x0 = [w.requires_grad_(True) for w in work]
             loss0 = _scalar_loss(loss_of(x0))
             grads = torch.autograd.grad(loss0, x0, allow_unused=True)
@@ -230,7 +247,7 @@ class _GALCore(nn.Module):
             ok = torch.isfinite(loss0)
             adj: list[Tensor] = []
             for x, gi, d in zip(x0, g, dims, strict=True):
-                a = self._apply_h(x.detach(), d)
+                a = self._apply_h(x.detach(), d, h_dtype)
                 a_norm = torch.linalg.vector_norm(a, dim=d, keepdim=True)
                 g_norm = torch.linalg.vector_norm(gi, dim=d, keepdim=True)
                 good = torch.isfinite(a_norm) & (a_norm > 0)
@@ -239,27 +256,25 @@ class _GALCore(nn.Module):
                 ok = ok & good.all() & torch.isfinite(g_norm).all()
 
             delta = [eta * (gi + ai) for gi, ai in zip(g, adj, strict=True)]
-            inner = torch.stack([(di * gi).sum() for di, gi in zip(delta, g, strict=True)]).sum()
+            inner = _total([(di * gi).sum() for di, gi in zip(delta, g, strict=True)])
             loss1 = _scalar_loss(loss_of([x.detach() - di for x, di in zip(x0, delta, strict=True)]))
             remainder = loss1 - loss0 + inner
             first = inner / batch if self.first_order == "mean" else inner
             objective = (loss1 + first - loss0).abs()
             ok = ok & torch.isfinite(loss1)
+            h_grads: list[Tensor] = []
             if h_params:
                 raw = torch.autograd.grad(objective, h_params, allow_unused=True)
-                h_grads = [
-                    torch.zeros_like(p) if r is None else torch.where(ok, r, 0.0)
-                    for p, r in zip(h_params, raw, strict=True)
-                ]
-            else:
-                h_grads = []
-
-        if self.sync_distributed and h_grads and dist.is_available() and dist.is_initialized():
-            world = dist.get_world_size()
-            if world > 1:
-                flat = torch.cat([t.reshape(-1) for t in h_grads])
-                dist.all_reduce(flat)
-                flat = flat / world
+                # one flat buffer: a single masking op (and a single all-reduce under DDP)
+                flat = torch.cat([
+                    (torch.zeros_like(p) if r is None else r).reshape(-1) for p, r in zip(h_params, raw, strict=True)
+                ])
+                flat = torch.where(ok, flat, 0.0)
+                if self.sync_distributed and dist.is_available() and dist.is_initialized():
+                    world = dist.get_world_size()
+                    if world > 1:
+                        dist.all_reduce(flat)
+                        flat = flat / world
                 h_grads = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in h_params]), h_params, strict=True)]
 
         accepted = ok & (loss1 <= loss0) if self.accept == "decrease" else ok
@@ -269,9 +284,9 @@ class _GALCore(nn.Module):
 
         plain = None
         if self.track_plain:
-            with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
+            with torch.no_grad(), _no_autocast(device_type):
                 loss_p = _scalar_loss(loss_of([x.detach() - eta * gi for x, gi in zip(x0, g, strict=True)]))
-                sq = torch.stack([(gi * gi).sum() for gi in g]).sum()
+                sq = _total([(gi * gi).sum() for gi in g])
                 plain = loss_p - loss0 + eta * sq
 
         with torch.no_grad():
@@ -290,19 +305,22 @@ class _GALCore(nn.Module):
         self.last_step = record
         return chosen, h_grads, record
 
+    def _h_params(self) -> list[Tensor]:
+        return [p for p in self.h.parameters() if p.requires_grad]
+
     def _accumulate_h(self, h_grads: list[Tensor]) -> None:
-        for p, gp in zip((p for p in self.h.parameters() if p.requires_grad), h_grads, strict=True):
+        for p, gp in zip(self._h_params(), h_grads, strict=True):
             if p.grad is None:
-                p.grad = gp.detach().clone()
+                p.grad = gp.detach()  # a fresh tensor of this step: no copy needed
             else:
                 p.grad.add_(gp)
 
     def _h_term(self, h_grads: list[Tensor]) -> Tensor | None:
         """A zero-valued scalar whose gradient w.r.t. h's parameters is ``h_grads``."""
-        params = [p for p in self.h.parameters() if p.requires_grad]
+        params = self._h_params()
         if not params:
             return None
-        term = torch.stack([(p * gp.detach()).sum() for p, gp in zip(params, h_grads, strict=True)]).sum()
+        term = _total([(p * gp.detach()).sum() for p, gp in zip(params, h_grads, strict=True)])
         return term - term.detach()
 
 
@@ -415,7 +433,7 @@ class GAL(_GALCore):
         :attr:`last_step`.
         """
         xs, chosen, h_grads, record = self._run(outputs, loss_fn, lr)
-        link = torch.stack([(x * c.detach()).sum() for x, c in zip(xs, chosen, strict=True)]).sum()
+        link = _total([(x * c.detach()).sum() for x, c in zip(xs, chosen, strict=True)])
         value = record.loss.to(link.dtype) + (link - link.detach())
         h_term = self._h_term(h_grads)
         return value if h_term is None else value + h_term.to(value.dtype)
