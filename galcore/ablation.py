@@ -44,11 +44,11 @@ some 250 paper-scale runs per setup).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import importlib.util
 import inspect
-import json
 import math
 import os
 import statistics
@@ -72,7 +72,7 @@ from galcore.optim import make_optimizer
 from galcore.profile import Profile, choose, get_profile
 from galcore.results import repo_root, results_dir
 from galcore.stats import PairedResult, paired_ci
-from galcore.training import Data, RunResult, Setup, TrainConfig, _build_gal, loss_function, run
+from galcore.training import Data, RunResult, Setup, TrainConfig, build_gal, cache_path, loss_function, run
 
 __all__ = [
     "BUDGET",
@@ -351,9 +351,12 @@ class Study:
         reference: an optional extra arm shown for context (e.g. the standard method in the
             space study) that is neither a setting of the factor nor a candidate for best.
         meaning: phrases completing the sentence when the best setting is significantly
-            better than the control (``better``), when nothing differs (``none``) and when the
-            control beats every alternative (``worse``); ``{best}``, ``{control}``,
-            ``{compared}`` are filled in.
+            better than the control (``better``), when it is not (``none``; other settings
+            may still be significantly worse, which the sentence lists), when every setting
+            gives exactly the control's result (``identical``, default ``none``) and when the
+            closest alternative is significantly worse than the control (``worse``);
+            ``{best}``, ``{control}``, ``{compared}``, ``{pct}``, ``{ratio}``, ``{metric}`` are
+            filled in.
         kind: ``"train"`` (training runs) or ``"cost"`` (a step's time and memory).
     """
 
@@ -461,7 +464,7 @@ def _optimizer_config(base: TrainConfig, name: str, tuned: Mapping[str, tuple[fl
 
 
 def _fmt_r(v: float) -> str:
-    return "0 (standard)" if v == 0 else f"{v:g}"
+    return "r=0 (standard)" if v == 0 else f"r={v:g}"
 
 
 def build_studies(loaded: Iterable[LoadedSetup]) -> list[Study]:
@@ -480,7 +483,7 @@ def build_studies(loaded: Iterable[LoadedSetup]) -> list[Study]:
             f"ratio:{task}", "ratio", "ratio r", ("gal.ratio",), task,
             {_fmt_r(r): (base if r == 0 else gal(ratio=r)) for r in ratios}, _fmt_r(0.0), s, metric,
             meaning={"better": "GAL with r = {best} beats the standard method here",
-                     "none": "no ratio tried makes GAL measurably different from the standard method",
+                     "none": "no ratio tried makes GAL measurably better than the standard method",
                      "worse": "every ratio tried is worse than the standard method"},
         ))
         scales = (0.1, 1.0, 10.0)
@@ -488,7 +491,8 @@ def build_studies(loaded: Iterable[LoadedSetup]) -> list[Study]:
             f"scale:{task}", "scale", "scale of the tentative step", ("gal.scale",), task,
             {f"scale={v:g}": gal(scale=v) for v in scales}, "scale=1", s, metric, reference=("standard (ref.)", base),
             meaning={"better": "the tentative step's size matters: {best} beats the release's scale 1",
-                     "none": "the tentative step's scale makes no measurable difference in this range",
+                     "none": "no scale tried is measurably better than the release's scale 1",
+                     "identical": "the tentative step's scale does not change the {metric} at all here",
                      "worse": "the release's scale 1 beats the other scales tried"},
         ))
         h_arms = {
@@ -510,6 +514,7 @@ def build_studies(loaded: Iterable[LoadedSetup]) -> list[Study]:
             reference=("standard (ref.)", base),
             meaning={"better": "always using the adjusted gradient beats the release's rule",
                      "none": "the acceptance rule makes no measurable difference",
+                     "identical": "the acceptance rule does not change the {metric} at all here",
                      "worse": "the release's rule beats always using the adjusted gradient"},
         ))
         by_group["first_order"].append(Study(
@@ -518,6 +523,7 @@ def build_studies(loaded: Iterable[LoadedSetup]) -> list[Study]:
             reference=("standard (ref.)", base),
             meaning={"better": "the exact Taylor term beats the release's form",
                      "none": "the form of the first-order term makes no measurable difference",
+                     "identical": "the form of the first-order term does not change the {metric} at all here",
                      "worse": "the release's form beats the exact Taylor term"},
         ))
         tiny, tiny_gal = _tiny_setup(ls)
@@ -559,26 +565,9 @@ def default_studies(profile: Profile | None = None, tasks: Sequence[Task] = TASK
 
 
 # -- running --------------------------------------------------------------------------------
-def _cache_path(cfg: TrainConfig) -> Path:
-    return results_dir("cache") / f"{cfg.data}-{cfg.model}-{cfg.key()}.json"
-
-
-def _json_default(v: Any) -> Any:
-    return str(v) if isinstance(v, torch.dtype) else float(v)
-
-
 def run_cached(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = True) -> RunResult:
-    """:func:`galcore.training.run` with the same cache file, written with a JSON default that
-    accepts a ``torch.dtype`` in ``cfg.gal`` (``run`` writes with ``default=float``)."""
-    path = _cache_path(cfg)
-    if cache and path.is_file():
-        return run(cfg, data, model_fn, cache=True)
-    result = run(cfg, data, model_fn, cache=False)
-    if cache:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(result), default=_json_default))
-        tmp.replace(path)
-    return result
+    """:func:`galcore.training.run` (cached by config and code hash)."""
+    return run(cfg, data, model_fn, cache=cache)
 
 
 def run_study(study: Study, *, cache: bool = True) -> pd.DataFrame:
@@ -607,11 +596,17 @@ def _worker_init(profile: str, tasks: tuple[str, ...]) -> None:
     _WORKER["studies"] = {s.key: s for s in studies}
 
 
-def _worker_run(study_key: str, arm: str, seed: int) -> float:
-    st = _WORKER["studies"][study_key]
-    t0 = time.perf_counter()
-    run_cached(replace(st.all_arms()[arm], seed=seed), st.setup.data, st.setup.model_fn)
-    return time.perf_counter() - t0
+def _worker_run(study_key: str, arm: str, seed: int, key: str) -> bool:
+    """Run one job if the worker's own copy of the study has that exact config (``key``);
+    otherwise leave it to the caller's process (returns False)."""
+    st = _WORKER["studies"].get(study_key)
+    if st is None or arm not in st.all_arms():
+        return False
+    cfg = replace(st.all_arms()[arm], seed=seed)
+    if cfg.key() != key:
+        return False
+    run_cached(cfg, st.setup.data, st.setup.model_fn)
+    return True
 
 
 def pending_jobs(studies: Sequence[Study]) -> list[tuple[str, str, int]]:
@@ -623,7 +618,7 @@ def pending_jobs(studies: Sequence[Study]) -> list[tuple[str, str, int]]:
             continue
         for seed in st.seeds:
             for label, cfg in st.all_arms().items():
-                path = _cache_path(replace(cfg, seed=seed))
+                path = cache_path(replace(cfg, seed=seed))
                 if path in seen or path.is_file():
                     continue
                 seen.add(path)
@@ -633,7 +628,10 @@ def pending_jobs(studies: Sequence[Study]) -> list[tuple[str, str, int]]:
 
 def prefetch(studies: Sequence[Study], workers: int, profile: Profile | None = None, progress: bool = False) -> int:
     """Run the uncached training runs of ``studies`` in ``workers`` processes (one thread each;
-    ``spawn``, so safe next to a notebook's torch). Returns how many runs were made."""
+    ``spawn``, so safe next to a notebook's torch). A worker rebuilds the default studies of
+    ``profile`` (a model factory need not pickle) and runs only jobs whose config it finds
+    there unchanged; anything else is left for :func:`run_study`. Returns how many runs the
+    workers made."""
     jobs = pending_jobs(studies)
     if workers <= 1 or len(jobs) < 2:
         return 0
@@ -646,11 +644,13 @@ def prefetch(studies: Sequence[Study], workers: int, profile: Profile | None = N
     jobs.sort(key=lambda j: 0 if _find(studies, j[0]).all_arms()[j[1]].gal is not None else 1)
     done = 0
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(p, tasks)) as pool:
-        futures = [pool.submit(_worker_run, *j) for j in jobs]
+        futures = []
+        for key, arm, seed in jobs:
+            cfg = replace(_find(studies, key).all_arms()[arm], seed=seed)
+            futures.append(pool.submit(_worker_run, key, arm, seed, cfg.key()))
         for f in cf.as_completed(futures):
-            f.result()
-            done += 1
-            if progress and done % 25 == 0:
+            done += int(f.result())
+            if progress and done and done % 25 == 0:
                 print(f"  {done}/{len(jobs)} runs", file=sys.stderr, flush=True)
     return done
 
@@ -719,15 +719,15 @@ class _CostRunner:
     ``step(x, y)``)."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torch.device) -> None:
+        if cfg.space == "parameter":
+            raise ValueError("the cost study times output-space GAL only")
         self.model = model
-        self.gal = _build_gal(cfg, model, num_outputs, device)
+        self.gal = build_gal(cfg, model, num_outputs, device)
         self.loss_fn = loss_function(cfg.loss)
         params = [p for p in model.parameters()]
         if self.gal is not None:
             params += [p for p in self.gal.parameters() if p.requires_grad]
         self.opt = make_optimizer(cfg.optimizer, params, cfg.lr, **dict(cfg.optimizer_kwargs))
-        if cfg.space == "parameter":
-            raise ValueError("the cost study times output-space GAL only")
 
     def step(self, x: Tensor, y: Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -747,6 +747,26 @@ class _CostRunner:
                     tensors.append(p.grad)
                 tensors.extend(v for v in self.opt.state.get(p, {}).values() if isinstance(v, Tensor))
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@contextlib.contextmanager
+def _quiet_stderr_fd() -> Any:
+    """Send file descriptor 2 to /dev/null for the duration (torch's profiler backend logs
+    every start and stop there, which a notebook kernel would show)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _local_time_steps(runner: Any, batches: list[tuple[Tensor, Tensor]], n: int, start: int, device: torch.device) -> list[float]:
@@ -832,7 +852,8 @@ def measure_cost(
             done += n
             rnd += 1
         for a in names:
-            peak = peak_bytes(runners[a], *batches[0], device)
+            with _quiet_stderr_fd():
+                peak = peak_bytes(runners[a], *batches[0], device)
             rows.append({
                 "arm": a,
                 "seed": seed,
@@ -885,6 +906,8 @@ def summarize_finals(
 
     When the control itself is best, the difference reported is that of the closest
     alternative (``compared``), so the row still says how far the nearest other setting is.
+    ``significantly_worse`` lists the other settings whose CI lies entirely on the worse side
+    of the control, with their mean differences.
     ``p_adjusted`` is the p-value times the number of alternatives (Bonferroni: the best was
     picked after looking). Returns a dict with the columns of :func:`summary_table`."""
     if control not in arms:
@@ -902,6 +925,13 @@ def summarize_finals(
     p_adj = min(1.0, res.p_value * k) if not math.isnan(res.p_value) else math.nan
     others = [a for a in arms if a != control]
     identical = all(same_values(finals, a, control, metric) for a in others)
+    worse_arms = []  # settings other than the one compared that are significantly worse than the control
+    for a in others:
+        if a == compared:
+            continue
+        r = _paired(finals, control, a, metric)
+        if r.significant and sign * r.mean_diff > 0:
+            worse_arms.append(f"{a} ({_sg(r.mean_diff)}{' ' + unit if unit else ''})")
     improved = res.significant and sign * res.mean_diff < 0
     worse = res.significant and sign * res.mean_diff > 0
     outcome = "identical" if identical else "better" if improved else "worse" if worse else "none"
@@ -925,6 +955,7 @@ def summarize_finals(
         "significant": res.significant,
         "outcome": outcome,
         "compared_identical": same_values(finals, compared, control, metric),
+        "significantly_worse": ", ".join(worse_arms),
     }
     row["sentence"] = describe(row, k=k, metric_label=metric_label or metric, unit=unit, goal=goal, meaning=meaning or {})
     return row
@@ -948,8 +979,9 @@ def describe(row: Mapping[str, Any], *, k: int, metric_label: str, unit: str, go
     u = f" {unit}" if unit else ""
     pct = 100 * abs(diff) / abs(row["mean_control"]) if row["mean_control"] else math.nan
     ratio = row["mean_treatment"] / row["mean_control"] if row["mean_control"] else math.nan
-    fill = {"best": best, "control": control, "compared": compared, "pct": f"{pct:.2g}%", "ratio": f"{ratio:.2g}"}
-    means = meaning.get(row["outcome"] if row["outcome"] != "identical" else "none", "").format(**fill)
+    fill = {"best": best, "control": control, "compared": compared, "pct": f"{pct:.2g}%", "ratio": f"{ratio:.2g}", "metric": metric_label}
+    key = str(row["outcome"])
+    means = meaning.get(key, meaning.get("none", "") if key == "identical" else "").format(**fill)
     what = f"{row['factor']}" + (f" ({row['task']})" if row.get("task") else "")
     ci = f"95% CI {_sg(low)} to {_sg(high)}{u}, p = {_g(p)}, n = {n} seeds"
     lower = "lower" if diff < 0 else "higher"
@@ -978,6 +1010,9 @@ def describe(row: Mapping[str, Any], *, k: int, metric_label: str, unit: str, go
         )
     if means:
         s += f": {means}"
+    if row.get("significantly_worse"):
+        also = "Also significantly worse" if row["outcome"] == "worse" else f"Significantly worse than {control}"
+        s += f". {also}: {row['significantly_worse']}"
     return s[0].upper() + s[1:] + "."
 
 
@@ -997,7 +1032,7 @@ def summarize(study: Study, finals: pd.DataFrame) -> dict[str, Any]:
 SUMMARY_COLUMNS = [
     "study", "factor", "best", "mean_diff", "low", "high", "p_value", "n", "sentence",
     "group", "task", "control", "compared", "metric", "mean_best", "mean_control", "mean_treatment",
-    "p_adjusted", "significant", "outcome", "compared_identical", "setting",
+    "p_adjusted", "significant", "outcome", "compared_identical", "significantly_worse", "setting",
 ]
 
 
@@ -1088,13 +1123,13 @@ def plot_group(group: str, studies: Sequence[Study], finals: Mapping[str, pd.Dat
             for _, seed_row in wide[cols].iterrows():
                 top.plot([xs[a] for a in cols], seed_row.to_numpy(), color="0.75", lw=0.7, zorder=1)
             x += 0.5 if multi else 0
-        rot = 40 if len(ticks) > 4 else 0
+        rot = 40 if len(ticks) > 4 or sum(len(t) for t in labels) > 60 else 0
         top.set_xticks(ticks, labels, rotation=rot, ha="right" if rot else "center", rotation_mode="anchor", fontsize=8)
         top.set_ylabel(group_sts[0].info.label)
         ctrl = group_sts[0].control if not multi else "each study's control"
         top.set_title(f"{task}: mean and 95% CI (blue: {ctrl})", fontsize=9)
         bottom.axhline(0.0, color="k", lw=0.8)
-        rot = 40 if len(dticks) > 4 else 0
+        rot = 40 if len(dticks) > 4 or sum(len(t) for t in dlabels) > 45 else 0
         bottom.set_xticks(dticks, dlabels, rotation=rot, ha="right" if rot else "center", rotation_mode="anchor", fontsize=8)
         bottom.set_ylabel(f"difference vs control ({group_sts[0].info.unit})")
         bottom.set_title(f"{task}: paired difference vs {ctrl}, 95% CI", fontsize=9)
@@ -1106,6 +1141,8 @@ def plot_group(group: str, studies: Sequence[Study], finals: Mapping[str, pd.Dat
 
 # -- notebook helpers -------------------------------------------------------------------------
 def _verdict(row: Mapping[str, Any]) -> str:
+    if row["outcome"] == "none" and row.get("compared_identical"):
+        return f"{row['compared']} identical to the control"
     return {
         "identical": "identical on every seed",
         "better": f"{row['best']} better",
@@ -1116,18 +1153,20 @@ def _verdict(row: Mapping[str, Any]) -> str:
 
 def format_summary(summary: pd.DataFrame, studies: Sequence[Study]) -> str:
     """The summary as a markdown table: study, setup, best setting, effect of ``compared``
-    vs the control with its 95% CI, p, verdict."""
+    vs the control with its 95% CI, p, verdict, and the settings significantly worse than
+    the control."""
     by_key = {s.key: s for s in studies}
     lines = [
-        "| study | setup | best | compared vs control | difference (95% CI) | p | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| study | setup | best | compared vs control | difference (95% CI) | p | verdict | significantly worse than the control |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for _, r in summary.iterrows():
         st = by_key[r["study"]]
         u = st.info.unit
         effect = f"{_sg(r['mean_diff'])} [{_sg(r['low'])}, {_sg(r['high'])}] {u}"
         lines.append(
-            f"| {st.title} | {st.task} | {r['best']} | {r['compared']} vs {r['control']} | {effect} | {_g(r['p_value'])} | {_verdict(r)} |"
+            f"| {st.title} | {st.task} | {r['best']} | {r['compared']} vs {r['control']} | {effect} | {_g(r['p_value'])} | "
+            f"{_verdict(r)} | {r['significantly_worse'] or '-'} |"
         )
     return "\n".join(lines)
 
@@ -1135,12 +1174,14 @@ def format_summary(summary: pd.DataFrame, studies: Sequence[Study]) -> str:
 def describe_arms(study: Study) -> str:
     """The arms of a study and what they share, in one line (for the notebook)."""
     s = study.setup
+    c = study.arms[study.control]
     n_params = sum(p.numel() for p in s.model_fn().parameters())
     arms = ", ".join(("**" + a + "** (control)") if a == study.control else a for a in study.arms)
     ref = f"; reference: {study.reference[0]}" if study.reference else ""
+    kw = f" {dict(c.optimizer_kwargs)}" if c.optimizer_kwargs else ""
     return (
-        f"{study.task}: {arms}{ref} · model {s.base.model} ({n_params} parameters), {s.base.optimizer} lr {s.base.lr:g}, "
-        f"{s.base.epochs} epochs, batch {s.base.batch_size}, seeds {list(s.seeds)}"
+        f"{study.task}: {arms}{ref} · model {c.model} ({n_params} parameters), {c.optimizer} lr {c.lr:g}{kw}, "
+        f"{c.epochs} epochs, batch {c.batch_size}, seeds {list(s.seeds)}"
     )
 
 

@@ -18,7 +18,6 @@ paper-scale setup to the loader path and an in-memory one to :func:`galcore.trai
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -30,10 +29,10 @@ import torch
 from scipy import stats
 
 from galcore.datasets import digits
-from galcore.fullscale import LoaderData, cifar_data, efficientnet_b1_factory, train_loader_run, write_cached
+from galcore.fullscale import LoaderData, cifar_data, efficientnet_b1_factory, train_loader_run
 from galcore.models import ResNet8, SmallCNN
 from galcore.profile import Profile, choose, get_profile
-from galcore.training import Data, RunResult, Setup, TrainConfig, cache_dir, paired_table, run
+from galcore.training import Data, RunResult, Setup, TrainConfig, paired_table, run
 
 __all__ = [
     "GAL_SETTINGS",
@@ -309,17 +308,10 @@ def diagnostic_arms(setup: Setup, name: str, profile: Profile | None = None) -> 
 def run_one(cfg: TrainConfig, setup: Setup, *, cache: bool = True, progress: bool = False) -> RunResult:
     """One run of ``cfg`` on the setup's data, cached in ``results/cache`` (the file
     :func:`galcore.training.run` uses). In-memory data goes through :func:`galcore.training.run`
-    (the cache is written here, with a JSON encoder that accepts ``compute_dtype``); a
-    paper-scale setup through :func:`galcore.fullscale.train_loader_run`."""
+    ; a paper-scale setup through :func:`galcore.fullscale.train_loader_run`."""
     if is_fullscale(setup):
         return train_loader_run(cfg, setup.data, setup.model_fn, cache=cache, progress=progress)  # type: ignore[arg-type]
-    path = cache_dir() / f"{cfg.data}-{cfg.model}-{cfg.key()}.json"
-    if cache and path.is_file():
-        return RunResult(**json.loads(path.read_text()))
-    result = run(cfg, setup.data, setup.model_fn, cache=False, progress=progress)
-    if cache:
-        write_cached(path, result)
-    return result
+    return run(cfg, setup.data, setup.model_fn, cache=cache, progress=progress)
 
 
 def run_arms(

@@ -61,6 +61,7 @@ def train_yolo(
     batch: int = 8,
     gal: dict[str, Any] | None = None,
     threads: int | None = 1,
+    keep_weights: bool = False,
     **train_kwargs: Any,
 ) -> dict[str, Any]:
     """Train ``<arch>.yaml`` from scratch with Ultralytics' trainer (``method="standard"``) or
@@ -72,7 +73,8 @@ def train_yolo(
     640-pixel images quickly at these small sizes),
     validation only after the last epoch (``val=False``), deterministic, seeded by ``seed``
     (the model's initial weights and the data order depend only on it, not on the method).
-    ``train_kwargs`` override any of these.
+    ``train_kwargs`` override any of these. Unless ``keep_weights``, the run's ``weights/``
+    folder is deleted after the metrics are read. ``threads``: torch threads of the run.
 
     Returns:
         A dict of plain values: ``map50`` and ``map50_95`` (Ultralytics' validator on the final
@@ -131,6 +133,10 @@ def train_yolo(
         from galcore.integrations.ultralytics import read_gal_steps
 
         out["gal_steps"] = read_gal_steps(save_dir)
+    if not keep_weights:  # the checkpoints (MBs per run) are not needed once the numbers are read
+        import shutil
+
+        shutil.rmtree(save_dir / "weights", ignore_errors=True)
     return out
 
 

@@ -6,7 +6,7 @@ data. CIFAR at the release's input size does not fit that way (50,000 images res
 with the same rules as :mod:`galcore.training`:
 
 - the model is built right after ``torch.manual_seed(cfg.seed)`` (same initial weights in every
-  arm), h inside a forked RNG (:func:`galcore.training._build_gal`), so dropout and
+  arm), h inside a forked RNG (:func:`galcore.training.build_gal`), so dropout and
   stochastic depth see the same random stream with or without GAL;
 - the batch order comes from a ``torch.Generator`` seeded with ``cfg.seed``;
 - augmentation (random horizontal flip) and the resize to the release's input size run on the
@@ -24,7 +24,6 @@ GAL (images per second, peak device memory).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ from galcore.gal import GAL, GALStep, ParamGAL
 from galcore.optim import current_lr, make_optimizer
 from galcore.remainder import RemainderProbe
 from galcore.results import repo_root
-from galcore.training import RunResult, TrainConfig, _build_gal, _device, cache_dir, loss_function
+from galcore.training import RunResult, TrainConfig, _device, build_gal, loss_function, read_cached, write_cached
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -261,24 +260,6 @@ def evaluate_loader(model: nn.Module, data: LoaderData, cfg: TrainConfig, device
     return {"test_loss": float(total) / n, "test_accuracy": acc, "test_error": 100.0 * (1 - acc)}
 
 
-def _cache_path(cfg: TrainConfig) -> Path:
-    return cache_dir() / f"{cfg.data}-{cfg.model}-{cfg.key()}.json"
-
-
-def json_default(v: Any) -> Any:
-    """JSON for what a run's record may hold besides numbers: a ``torch.dtype`` in ``cfg.gal``
-    (``compute_dtype``) becomes its name. (:func:`galcore.training.run` writes its cache with
-    ``default=float``, which fails on a dtype.)"""
-    return str(v) if isinstance(v, torch.dtype) else float(v)
-
-
-def write_cached(path: Path, result: RunResult) -> None:
-    """Write a run to the cache atomically (several processes may share the folder)."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(result), default=json_default))
-    tmp.replace(path)
-
-
 def train_loader_run(
     cfg: TrainConfig,
     data: LoaderData,
@@ -296,12 +277,11 @@ def train_loader_run(
         raise ValueError("train_loader_run trains classifiers (cfg.task='classification')")
     if cfg.data != data.name:
         raise ValueError(f"cfg.data={cfg.data!r} does not name this data ({data.name!r}); the cache key would lie")
-    path = _cache_path(cfg)
-    if cache and path.is_file():
-        return RunResult(**json.loads(path.read_text()))
+    if cache and (hit := read_cached(cfg)) is not None:
+        return hit
     result = _train_loader(cfg, data, model_fn, progress)
     if cache:
-        write_cached(path, result)
+        write_cached(cfg, result)
     return result
 
 
@@ -311,7 +291,7 @@ def _train_loader(cfg: TrainConfig, data: LoaderData, model_fn: Callable[[], nn.
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = model_fn().to(device)
-    gal = _build_gal(cfg, model, data.num_outputs, device)
+    gal = build_gal(cfg, model, data.num_outputs, device)
     params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     h_opt = None
     if gal is not None and any(p.requires_grad for p in gal.parameters()):
@@ -409,7 +389,7 @@ def benchmark_step(
     torch.manual_seed(seed)
     model = model_fn().to(dev).train()
     cfg = TrainConfig(model="bench", data="bench", gal=gal, seed=seed)
-    g = _build_gal(cfg, model, num_classes, dev)
+    g = build_gal(cfg, model, num_classes, dev)
     params: list[Any] = list(model.parameters()) + ([p for p in g.parameters() if p.requires_grad] if g is not None else [])
     opt = make_optimizer(optimizer, params, lr)
     x32 = torch.randn(batch_size, 3, 32, 32, device=dev)

@@ -22,7 +22,11 @@ import pandas as pd
 __all__ = ["SUMMARY_COLUMNS", "environment", "render_summary", "update_readme", "write_summary"]
 
 #: columns every ``summary.csv`` provides (extra columns are kept in the CSV, not rendered)
-SUMMARY_COLUMNS = ["setting", "metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n"]
+SUMMARY_COLUMNS = ["metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n"]
+#: columns that say which comparison a row is, rendered first when present
+DESCRIPTORS = ["setting", "study", "factor", "best", "data", "dataset", "model", "loss", "optimizer"]
+#: optional extra columns rendered after the statistics
+EXTRAS = ["overhead_ratio", "accept_rate"]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -49,21 +53,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _verdict(low: Any, high: Any) -> str:
+    if pd.isna(low) or pd.isna(high):
+        return "n/a"
+    if low > 0:
+        return "higher (CI excludes 0)"
+    if high < 0:
+        return "lower (CI excludes 0)"
+    return "no significant difference"
+
+
 def _table(df: pd.DataFrame) -> str:
-    cols = [c for c in SUMMARY_COLUMNS if c in df.columns]
-    extra = [c for c in ("overhead",) if c in df.columns]
-    rows = ["| " + " | ".join(cols + extra + ["verdict"]) + " |", "|" + "---|" * (len(cols) + len(extra) + 1)]
+    cols = [c for c in DESCRIPTORS + SUMMARY_COLUMNS + EXTRAS if c in df.columns]
+    rows = ["| " + " | ".join(cols + ["verdict"]) + " |", "|" + "---|" * (len(cols) + 1)]
     for _, r in df.iterrows():
-        low, high = r.get("low"), r.get("high")
-        if pd.isna(low) or pd.isna(high):
-            verdict = "n/a"
-        elif low > 0:
-            verdict = "GAL higher (CI excludes 0)"
-        elif high < 0:
-            verdict = "GAL lower (CI excludes 0)"
-        else:
-            verdict = "no significant difference"
-        rows.append("| " + " | ".join(_fmt(r[c]) for c in cols + extra) + f" | {verdict} |")
+        rows.append("| " + " | ".join(_fmt(r[c]) for c in cols) + f" | {_verdict(r.get('low'), r.get('high'))} |")
     return "\n".join(rows)
 
 
@@ -75,9 +79,12 @@ def render_summary(results: Path, profile: str | None = None, run_log: dict[str,
         "",
         "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".",
         "",
-        "Each row compares GAL with the standard method on the same seeds, initial weights and "
-        "data order: `mean_diff` is the mean paired difference GAL - standard, `low`/`high` its "
-        "95% confidence interval (Student's t over seeds).",
+        "Each row compares a treatment (GAL, or in the ablations a setting of GAL) with its control "
+        "(the standard method, or the study's control setting) on the same seeds, initial weights "
+        "and data order: `mean_diff` is the mean paired difference treatment - control of `metric`, "
+        "`low`/`high` its 95% confidence interval (Student's t over seeds); the verdict says whether "
+        "the treatment's metric is higher or lower with the interval excluding 0 (for errors and "
+        "losses lower is better, for accuracy higher).",
     ]
     if run_log:
         parts += ["", "| notebook | status | time |", "|---|---|---|"]

@@ -13,7 +13,9 @@ Runs are cached on disk (JSON) by a hash of their configuration, so a re-run is 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import os
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,10 +41,14 @@ __all__ = [
     "RunResult",
     "Setup",
     "TrainConfig",
+    "build_gal",
+    "cache_path",
     "loss_function",
     "paired_table",
     "run",
+    "read_cached",
     "run_arms",
+    "write_cached",
 ]
 
 Task = Literal["classification", "regression"]
@@ -100,8 +106,9 @@ class TrainConfig:
     device: str = "cpu"
 
     def key(self) -> str:
-        """A stable hash of the configuration (and galcore's version)."""
-        blob = json.dumps({**asdict(self), "version": __version__}, sort_keys=True, default=str)
+        """A stable hash of the configuration and of galcore's source code (a code change
+        invalidates cached runs)."""
+        blob = json.dumps({**asdict(self), "version": __version__, "code": _code_hash()}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
@@ -163,6 +170,35 @@ def _json_default(value: Any) -> Any:
     return str(value) if isinstance(value, torch.dtype) else float(value)
 
 
+@functools.lru_cache(maxsize=1)
+def _code_hash() -> str:
+    """Hash of the package's Python sources, part of every cache key."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cache_path(cfg: TrainConfig) -> Path:
+    """The cache file of a run: ``results/cache/<data>-<model>-<key>.json``."""
+    return results_dir("cache") / f"{cfg.data}-{cfg.model}-{cfg.key()}.json"
+
+
+def read_cached(cfg: TrainConfig) -> RunResult | None:
+    """The cached result of ``cfg``, or ``None``."""
+    path = cache_path(cfg)
+    return RunResult(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def write_cached(cfg: TrainConfig, result: RunResult) -> Path:
+    """Cache a run atomically (several processes may share the folder)."""
+    path = cache_path(cfg)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(result), default=_json_default))
+    tmp.replace(path)
+    return path
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -204,7 +240,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, y_scale: 
     return res
 
 
-def _build_gal(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torch.device) -> GAL | ParamGAL | None:
+def build_gal(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torch.device) -> GAL | ParamGAL | None:
     if cfg.gal is None:
         return None
     kwargs = dict(cfg.gal)
@@ -220,13 +256,11 @@ def _build_gal(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: tor
 
 def run(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = True, progress: bool = False) -> RunResult:
     """Train one model under ``cfg`` and return its history; cached by ``cfg.key()``."""
-    path = results_dir("cache") / f"{cfg.data}-{cfg.model}-{cfg.key()}.json"
-    if cache and path.is_file():
-        blob = json.loads(path.read_text())
-        return RunResult(**blob)
+    if cache and (hit := read_cached(cfg)) is not None:
+        return hit
     result = _train(cfg, data, model_fn, progress)
     if cache:
-        path.write_text(json.dumps(asdict(result), default=_json_default))
+        write_cached(cfg, result)
     return result
 
 
@@ -236,7 +270,7 @@ def _train(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], prog
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = model_fn().to(device)
-    gal = _build_gal(cfg, model, data.num_outputs, device)
+    gal = build_gal(cfg, model, data.num_outputs, device)
     params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     h_opt = None
     if gal is not None and any(p.requires_grad for p in gal.parameters()):
@@ -279,7 +313,10 @@ def _train(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], prog
                 loss.backward()
                 losses.append(loss.detach())
             elif isinstance(gal, ParamGAL):
-                rec = gal.backward(lambda p, xb=xb, yb=yb: loss_fn(functional_call(model, p, (xb,)), yb), lr)
+                rec = gal.backward(
+                    lambda p, xb=xb, yb=yb: loss_fn(functional_call(model, p, (xb.to(next(iter(p.values())).dtype),)), yb),
+                    lr,
+                )
                 records.append(rec)
                 losses.append(rec.loss)
             else:

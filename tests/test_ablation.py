@@ -84,7 +84,7 @@ def test_shared_settings_share_the_run_cache(smoke_studies: list[A.Study]) -> No
     release = by_key[f"h:{t}"].arms["linear stack (release)"]
     assert release.key() == by_key[f"scale:{t}"].arms["scale=1"].key() == by_key[f"accept:{t}"].arms["decrease (release)"].key()
     assert release.key() == by_key[f"first_order:{t}"].arms["sum (exact)"].key()
-    assert by_key[f"ratio:{t}"].arms["0 (standard)"].key() == by_key[f"optimizer-momentum:{t}"].arms["standard"].key()
+    assert by_key[f"ratio:{t}"].arms["r=0 (standard)"].key() == by_key[f"optimizer-momentum:{t}"].arms["standard"].key()
     assert A.canonical_gal({"ratio": 1e-3, "scale": 1.0, "accept": "decrease"}) == {"ratio": 1e-3}
     assert A.canonical_gal({"ratio": 0.1, "hidden": [64, 16]}) == {"ratio": 0.1, "hidden": (64, 16)}
 
@@ -138,10 +138,20 @@ def test_control_best_reports_the_closest_alternative() -> None:
     row = _summ({"worst": worst, "ctrl": BASE, "worse": worse})
     assert row["best"] == "ctrl" and row["compared"] == "worse"
     assert row["low"] > 0 and row["outcome"] == "worse"
-    assert "the control ctrl was best" in row["sentence"] and row["sentence"].endswith("it hurts.")
+    assert "the control ctrl was best" in row["sentence"] and "it hurts. Also significantly worse: worst (+5 pts)." in row["sentence"]
     # a tie goes to the control
     tie = _summ({"alt": BASE, "ctrl": BASE})
     assert tie["best"] == "ctrl" and tie["outcome"] == "identical" and "exactly the same error" in tie["sentence"]
+
+
+def test_significantly_worse_settings_are_named_even_when_the_best_is_not_significant() -> None:
+    noisy = [b + 0.6 * (-1) ** i - 0.05 for i, b in enumerate(BASE)]
+    broken = [b + 30 + j for b, j in zip(BASE, JITTER, strict=True)]
+    row = _summ({"ctrl": BASE, "alt": noisy, "broken": broken})
+    assert row["best"] == "alt" and row["outcome"] == "none"
+    assert row["significantly_worse"].startswith("broken (+30") and row["significantly_worse"].endswith(" pts)")
+    assert "Significantly worse than ctrl: broken (+30" in row["sentence"]
+    assert "Significantly worse" not in _summ({"ctrl": BASE, "alt": noisy})["sentence"]
 
 
 def test_goal_max_flips_the_direction() -> None:
@@ -234,3 +244,15 @@ def test_measure_cost_times_both_arms(tmp_path, monkeypatch: pytest.MonkeyPatch)
     per_arm = rows.groupby("arm")["persistent_mb"].first()
     assert per_arm["GAL"] > per_arm["standard"]  # h and its gradients live between steps
     assert A.summarize(cost, rows)["n"] == 2
+
+
+def test_worker_runs_only_configs_it_has_unchanged(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GALCORE_RESULTS", str(tmp_path))
+    st = _tiny_study()
+    monkeypatch.setitem(A._WORKER, "studies", {st.key: st})
+    cfg = replace(st.arms["always"], seed=0)
+    assert not A._worker_run(st.key, "always", 0, "not-the-key")
+    assert not A._worker_run("missing:study", "always", 0, cfg.key())
+    assert not list((tmp_path / "cache").glob("*.json"))
+    assert A._worker_run(st.key, "always", 0, cfg.key())
+    assert len(A.pending_jobs([st])) == 3 * 3 - 1

@@ -41,4 +41,4 @@ def test_readme_results_block_is_the_generator_output() -> None:
     generated = render_summary(Path("/nonexistent"), profile="default").splitlines()
     assert block.splitlines()[0] == "##" + generated[0]
     assert block.splitlines()[2].startswith("Environment: date ")
-    assert "mean_diff" in block and "| setting | metric | mean_control |" in block
+    assert "| metric | mean_control | mean_treatment | mean_diff | low | high | p_value | n |" in block

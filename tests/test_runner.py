@@ -50,7 +50,7 @@ def test_summary_renders_each_table_with_a_verdict(tmp_path: Path) -> None:
     ).to_csv(task / "summary.csv", index=False)
     text = render_summary(tmp_path, profile="default")
     assert "## 02_classification" in text and "profile default" in text
-    assert "| sgd | test_accuracy | 0.9 | 0.92 | 0.02 | 0.01 | 0.03 | 0.01 | 5 | GAL higher (CI excludes 0) |" in text
+    assert "| sgd | test_accuracy | 0.9 | 0.92 | 0.02 | 0.01 | 0.03 | 0.01 | 5 | higher (CI excludes 0) |" in text
     assert "| adam |" in text and "no significant difference" in text
     out = write_summary(tmp_path, profile="default")
     readme = tmp_path / "README.md"
