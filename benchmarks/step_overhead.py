@@ -43,7 +43,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,9 +50,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 import galcore
+from galcore.bench import CLOCKS, StepRunner, quantile, step_peak_bytes, time_steps
 from galcore.results import results_dir
 
 #: The issue's targets for GAL/standard on 2 CPU cores.
@@ -96,103 +96,10 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
 
 
 # -- steps ----------------------------------------------------------------------------------
-class Runner:
-    """One variant (standard or GAL) of one model: its own copy of the weights and optimizer."""
-
-    def __init__(self, model: nn.Module, gal: galcore.GAL | None) -> None:
-        self.model = model
-        self.gal = gal
-        params = [*model.parameters(), *(gal.parameters() if gal is not None else ())]
-        self.opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM)
-
-    def step(self, x: Tensor, y: Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        out = self.model(x)
-        if self.gal is None:
-            F.cross_entropy(out, y).backward()
-        else:
-            self.gal.backward(out, lambda o: F.cross_entropy(o, y), lr=self.opt.param_groups[0]["lr"])
-        self.opt.step()
-
-    def persistent_bytes(self) -> int:
-        tensors: list[Tensor] = []
-        for group in self.opt.param_groups:
-            for p in group["params"]:
-                tensors.append(p)
-                if p.grad is not None:
-                    tensors.append(p.grad)
-                tensors.extend(v for v in self.opt.state.get(p, {}).values() if isinstance(v, Tensor))
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def step_peak_bytes(runner: Runner, x: Tensor, y: Tensor, device: torch.device) -> int | None:
-    """Peak tensor bytes allocated during one step above what was live at its start (see module doc)."""
-    runner.opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        runner.step(x, y)
-        _sync(device)
-        return int(torch.cuda.max_memory_allocated(device) - start)
-    if device.type == "cpu":
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            runner.step(x, y)
-        fd, path = tempfile.mkstemp(suffix=".json")
-        os.close(fd)
-        try:
-            prof.export_chrome_trace(path)
-            trace = json.loads(Path(path).read_text())
-        finally:
-            os.remove(path)
-        events = sorted(
-            (e for e in trace.get("traceEvents", []) if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})),
-            key=lambda e: e["ts"],
-        )
-        if not events:
-            return 0
-        # "Total Allocated" is the CPU allocator reporter's running count, which carries over from
-        # earlier profiled steps; the level just before the first event of this trace is the baseline.
-        first = events[0]["args"]
-        baseline = first["Total Allocated"] - first.get("Bytes", 0)
-        return int(max(e["args"]["Total Allocated"] for e in events) - baseline)
-    return None  # other devices: not measured
-
-
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def time_steps(
-    runner: Runner, batches: list[tuple[Tensor, Tensor]], n: int, start: int, device: torch.device, clock: str = "wall"
-) -> list[float]:
-    """Time ``n`` steps one by one (seconds each), cycling through ``batches`` from index ``start``."""
-    now = CLOCKS[clock]
-    times = []
-    for i in range(n):
-        x, y = batches[(start + i) % len(batches)]
-        _sync(device)
-        t0 = now()
-        runner.step(x, y)
-        _sync(device)
-        times.append(now() - t0)
-    return times
-
-
-def quantile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+def Runner(model: nn.Module, gal: galcore.GAL | None) -> StepRunner:  # noqa: N802 - a factory
+    """One variant (standard or GAL) of one model: its own weights and SGD optimizer."""
+    params = [*model.parameters(), *(gal.parameters() if gal is not None else ())]
+    return StepRunner(model, gal, F.cross_entropy, torch.optim.SGD(params, lr=LR, momentum=MOMENTUM))
 
 
 def bench_model(

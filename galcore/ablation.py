@@ -53,7 +53,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -64,14 +63,15 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats as _sstats
-from torch import Tensor, nn
+from torch import nn
 
 from galcore.datasets import digits
 from galcore.models import MLP, SmallCNN
 from galcore.optim import make_optimizer
 from galcore.profile import Profile, choose, get_profile
-from galcore.results import repo_root, results_dir
+from galcore.results import results_dir
 from galcore.stats import PairedResult, paired_ci
+from galcore.bench import StepRunner, step_peak_bytes, time_steps
 from galcore.training import Data, RunResult, Setup, TrainConfig, build_gal, cache_path, loss_function, run
 
 __all__ = [
@@ -690,63 +690,15 @@ def run_all(
 
 
 # -- cost -----------------------------------------------------------------------------------
-def _load_benchmark() -> ModuleType | None:
-    """``benchmarks/step_overhead.py`` (the step benchmark) if it is in the repository."""
-    root = repo_root(Path(__file__).resolve().parent) or repo_root()
-    path = root / "benchmarks" / "step_overhead.py" if root is not None else None
-    if path is None or not path.is_file():
-        return None
-    if "galcore_step_overhead" in sys.modules:
-        return sys.modules["galcore_step_overhead"]
-    spec = importlib.util.spec_from_file_location("galcore_step_overhead", path)
-    if spec is None or spec.loader is None:
-        return None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:  # an unfinished or broken benchmark: fall back to the local timer
-        del sys.modules[spec.name]
-        return None
-    if not all(callable(getattr(module, n, None)) for n in ("time_steps", "step_peak_bytes")):
-        return None
-    return module
-
-
-class _CostRunner:
+def _cost_runner(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torch.device) -> StepRunner:
     """One arm of the cost study: the setup's model, loss and optimizer; a GAL arm builds GAL
-    exactly as training does. Quacks like the benchmark's ``Runner`` (``model``, ``opt``,
-    ``step(x, y)``)."""
-
-    def __init__(self, cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torch.device) -> None:
-        if cfg.space == "parameter":
-            raise ValueError("the cost study times output-space GAL only")
-        self.model = model
-        self.gal = build_gal(cfg, model, num_outputs, device)
-        self.loss_fn = loss_function(cfg.loss)
-        params = [p for p in model.parameters()]
-        if self.gal is not None:
-            params += [p for p in self.gal.parameters() if p.requires_grad]
-        self.opt = make_optimizer(cfg.optimizer, params, cfg.lr, **dict(cfg.optimizer_kwargs))
-
-    def step(self, x: Tensor, y: Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        out = self.model(x)
-        if self.gal is None:
-            self.loss_fn(out, y).backward()
-        else:
-            self.gal.backward(out, lambda o: self.loss_fn(o, y), lr=self.opt.param_groups[0]["lr"])
-        self.opt.step()
-
-    def persistent_bytes(self) -> int:
-        tensors: list[Tensor] = []
-        for group in self.opt.param_groups:
-            for p in group["params"]:
-                tensors.append(p)
-                if p.grad is not None:
-                    tensors.append(p.grad)
-                tensors.extend(v for v in self.opt.state.get(p, {}).values() if isinstance(v, Tensor))
-        return sum(t.numel() * t.element_size() for t in tensors)
+    exactly as training does."""
+    if cfg.space == "parameter":
+        raise ValueError("the cost study times output-space GAL only")
+    gal = build_gal(cfg, model, num_outputs, device)
+    params = [*model.parameters(), *(p for p in (gal.parameters() if gal is not None else ()) if p.requires_grad)]
+    opt = make_optimizer(cfg.optimizer, params, cfg.lr, **dict(cfg.optimizer_kwargs))
+    return StepRunner(model, gal, loss_function(cfg.loss), opt)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -767,32 +719,6 @@ def _quiet_stderr_fd() -> Any:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
-
-def _local_time_steps(runner: Any, batches: list[tuple[Tensor, Tensor]], n: int, start: int, device: torch.device) -> list[float]:
-    times = []
-    for i in range(n):
-        x, y = batches[(start + i) % len(batches)]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        runner.step(x, y)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _local_peak_bytes(runner: Any, x: Tensor, y: Tensor, device: torch.device) -> int | None:
-    runner.opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        runner.step(x, y)
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - start)
-    return None
 
 
 def measure_cost(
@@ -818,10 +744,7 @@ def measure_cost(
     steps = steps if steps is not None else choose(6, 60, 200, profile=p)
     warmup = warmup if warmup is not None else choose(2, 10, 20, profile=p)
     block = block if block is not None else choose(2, 10, 10, profile=p)
-    bench = _load_benchmark()
-    time_steps = bench.time_steps if bench is not None else _local_time_steps
-    peak_bytes = bench.step_peak_bytes if bench is not None else _local_peak_bytes
-    timer = "benchmarks/step_overhead.py" if bench is not None else "galcore.ablation (local)"
+    timer = "galcore.bench"
     cfgs = dict(study.arms)
     setup = study.setup
     device = torch.device(setup.base.device if setup.base.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -836,7 +759,7 @@ def measure_cost(
             (setup.data.x_train[order[i * bs : (i + 1) * bs]].to(device), setup.data.y_train[order[i * bs : (i + 1) * bs]].to(device))
             for i in range(4)
         ]
-        runners = {a: _CostRunner(replace(c, seed=seed), copy.deepcopy(base_model), setup.data.num_outputs, device) for a, c in cfgs.items()}
+        runners = {a: _cost_runner(replace(c, seed=seed), copy.deepcopy(base_model), setup.data.num_outputs, device) for a, c in cfgs.items()}
         for r in runners.values():
             r.model.train()
         names = list(runners)
@@ -853,7 +776,7 @@ def measure_cost(
             rnd += 1
         for a in names:
             with _quiet_stderr_fd():
-                peak = peak_bytes(runners[a], *batches[0], device)
+                peak = step_peak_bytes(runners[a], *batches[0], device)
             rows.append({
                 "arm": a,
                 "seed": seed,

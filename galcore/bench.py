@@ -1,0 +1,132 @@
+"""Timing and memory of training steps, standard vs GAL (the benchmark script and the cost
+study of the ablation notebook both use these).
+
+Peak memory of a step: tensor bytes allocated during the step above what was live at its
+start — ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak of the profiler's
+"Total Allocated" in a trace of that step (tensor memory, not the process's RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from galcore.gal import GAL
+
+__all__ = ["CLOCKS", "StepRunner", "quantile", "step_peak_bytes", "time_steps"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class StepRunner:
+    """One arm (standard when ``gal`` is None) of one model: its weights, loss and optimizer.
+
+    ``step(x, y)``: zero_grad, forward, backward (``loss.backward()`` or ``gal.backward``),
+    optimizer step.
+    """
+
+    def __init__(self, model: nn.Module, gal: GAL | None, loss_fn: LossFn, opt: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.gal = gal
+        self.loss_fn = loss_fn
+        self.opt = opt
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        out = self.model(x)
+        if self.gal is None:
+            self.loss_fn(out, y).backward()
+        else:
+            self.gal.backward(out, lambda o: self.loss_fn(o, y), lr=self.opt.param_groups[0]["lr"])
+        self.opt.step()
+
+    def persistent_bytes(self) -> int:
+        """Bytes of the parameters (h's included), their gradients and the optimizer state."""
+        tensors: list[Tensor] = []
+        for group in self.opt.param_groups:
+            for p in group["params"]:
+                tensors.append(p)
+                if p.grad is not None:
+                    tensors.append(p.grad)
+                tensors.extend(v for v in self.opt.state.get(p, {}).values() if isinstance(v, Tensor))
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_peak_bytes(runner: StepRunner, x: Tensor, y: Tensor, device: torch.device) -> int | None:
+    """Peak tensor bytes allocated during one step above what was live at its start
+    (``None`` on devices other than CPU and CUDA)."""
+    runner.opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        runner.step(x, y)
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - start)
+    if device.type == "cpu":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            runner.step(x, y)
+        fd, path = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        try:
+            prof.export_chrome_trace(path)
+            trace = json.loads(Path(path).read_text())
+        finally:
+            os.remove(path)
+        events = sorted(
+            (e for e in trace.get("traceEvents", []) if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})),
+            key=lambda e: e["ts"],
+        )
+        if not events:
+            return 0
+        # "Total Allocated" is the allocator reporter's running count, carried over from earlier
+        # profiled steps; the level just before this trace's first event is the baseline.
+        first = events[0]["args"]
+        baseline = first["Total Allocated"] - first.get("Bytes", 0)
+        return int(max(e["args"]["Total Allocated"] for e in events) - baseline)
+    return None
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_steps(
+    runner: StepRunner, batches: list[tuple[Tensor, Tensor]], n: int, start: int, device: torch.device, clock: str = "wall"
+) -> list[float]:
+    """Time ``n`` steps one by one (seconds each), cycling through ``batches`` from ``start``.
+    ``clock``: ``"wall"`` or ``"cpu"`` (process CPU time: steadier on a shared machine)."""
+    now = CLOCKS[clock]
+    times = []
+    for i in range(n):
+        x, y = batches[(start + i) % len(batches)]
+        _sync(device)
+        t0 = now()
+        runner.step(x, y)
+        _sync(device)
+        times.append(now() - t0)
+    return times
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """Linear-interpolated quantile of ``xs`` (NaN when empty)."""
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
