@@ -7,8 +7,7 @@ setting with the study's control on the same seeds, initial weights and data ord
 (:func:`galcore.training.run`, cached on disk by config hash). :func:`summarize` picks each
 study's best setting and gives its paired difference from the control (95% CI over seeds) and
 a plain sentence generated from those numbers. The cost study times a training step and
-measures its peak memory, GAL vs standard, with the step benchmark's code
-(``benchmarks/step_overhead.py``) when it is there.
+measures its peak memory, GAL vs standard, with :mod:`galcore.bench` (the step benchmark's code).
 
 Setups come from :mod:`galcore.classification` / :mod:`galcore.regression`
 (``default_setup(profile)``) when those modules exist, else from the small fallbacks below;
