@@ -118,7 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = [run_notebook(p, out, args.timeout) for p in paths]
     total = time.perf_counter() - start
     log = {"profile": args.profile, "seconds": total, "notebooks": [asdict(o) for o in outcomes]}
-    (out.parent / "run_log.json").write_text(json.dumps(log, indent=2))
+    log_path = out.parent / "run_log.json"
+    if args.only and log_path.is_file():  # a partial run updates the earlier log of the same profile
+        earlier = json.loads(log_path.read_text())
+        if earlier.get("profile") == args.profile:
+            merged = {nb["name"]: nb for nb in earlier.get("notebooks", [])}
+            merged.update({o.name: asdict(o) for o in outcomes})
+            log["notebooks"] = [merged[k] for k in sorted(merged)]
+            log["seconds"] = sum(nb["seconds"] for nb in log["notebooks"])
+    log_path.write_text(json.dumps(log, indent=2))
     summary = write_summary(out.parent, profile=args.profile, run_log=log)
     failed = [o for o in outcomes if not o.ok]
     print(f"done in {_fmt(total)}; summary: {summary}", file=sys.stderr)

@@ -245,6 +245,7 @@ def shapes_detection(
         generate_shapes_detection(tmp, config, yaml_path_root=folder)
         if folder.exists():  # stale or foreign copy under our name
             shutil.rmtree(folder, ignore_errors=True)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: keep its copy (same bytes)
