@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from galcore.gal import GAL, GALStep, ParamGAL
+from galcore.gal import GAL
 from galcore.optim import current_lr, make_optimizer
-from galcore.remainder import RemainderProbe
 from galcore.results import repo_root
-from galcore.training import RunResult, TrainConfig, _device, build_gal, loss_function, read_cached, write_cached
+from galcore.training import RunResult, TrainConfig, _device, build_gal, loss_function, read_cached, train_loop, write_cached
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -286,84 +285,17 @@ def train_loader_run(
 
 
 def _train_loader(cfg: TrainConfig, data: LoaderData, model_fn: Callable[[], nn.Module], progress: bool) -> RunResult:
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError("epochs and batch_size must be >= 1")
+    if cfg.space == "parameter":
+        raise ValueError("space='parameter' is for small models; use galcore.training.run")
     device = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = model_fn().to(device)
-    gal = build_gal(cfg, model, data.num_outputs, device)
-    params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
-    h_opt = None
-    if gal is not None and any(p.requires_grad for p in gal.parameters()):
-        h_params = [p for p in gal.parameters() if p.requires_grad]
-        if cfg.h_lr is None:
-            params.append({"params": h_params})
-        else:
-            h_opt = torch.optim.SGD(h_params, lr=cfg.h_lr, momentum=0.9)
-    opt = make_optimizer(cfg.optimizer, params, cfg.lr, **dict(cfg.optimizer_kwargs))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), 0.1) if cfg.milestones else None
-    loss_fn = loss_function(cfg.loss)
-    probe = RemainderProbe(model, every=cfg.probe_every, dtype=torch.float64) if cfg.probe_every else None
     augment = DeviceAugment(data.resize, data.flip, cfg.seed, device)
     train_loader = _loader(data, True, cfg.batch_size, cfg.seed, device)
 
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    epochs: Sequence[int] = range(cfg.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc=f"{cfg.arm} seed {cfg.seed}", leave=False)
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        model.train()
-        records: list[GALStep] = []
-        losses: list[Tensor] = []
+    def batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         for xb, yb in train_loader:
-            xb = augment(xb.to(device, non_blocking=True), train=True)
-            yb = yb.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            if h_opt is not None:
-                h_opt.zero_grad(set_to_none=True)
-            lr = current_lr(opt)
-            if gal is None:
-                loss = loss_fn(model(xb), yb)
-                loss.backward()
-                losses.append(loss.detach())
-            elif isinstance(gal, ParamGAL):
-                raise ValueError("space='parameter' is for small models; use galcore.training.run")
-            else:
-                assert isinstance(gal, GAL)
-                rec = gal.backward(model(xb), lambda o, yb=yb: loss_fn(o, yb), lr)
-                records.append(rec)
-                losses.append(rec.loss)
-            if probe is not None:
-                with probe.measure(lambda o, yb=yb: loss_fn(o, yb), xb):
-                    opt.step()
-            else:
-                opt.step()
-            if h_opt is not None:
-                h_opt.step()
-        if sched is not None:
-            sched.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        row: dict[str, float] = {"epoch": epoch + 1, "epoch_time": time.perf_counter() - t0}
-        row["train_loss"] = float(torch.stack(losses).float().mean())
-        if records:
-            row["accept_rate"] = float(torch.stack([r.accepted for r in records]).float().mean())
-            row["fallbacks"] = float(torch.stack([r.fallback for r in records]).sum())
-            row["remainder_abs"] = float(torch.stack([r.remainder.double() for r in records]).abs().mean())
-            plain = [r.remainder_plain.double() for r in records if r.remainder_plain is not None]
-            if plain:
-                row["remainder_plain_abs"] = float(torch.stack(plain).abs().mean())
-        row.update(evaluate_loader(model, data, cfg, device, augment))
-        history.append(row)
-    seconds = time.perf_counter() - start
-    probe_rows = [{"call": i, **t.to_dict()} for i, t in probe.history] if probe is not None else []
-    final = dict(history[-1])
-    final["mean_epoch_time"] = sum(h["epoch_time"] for h in history) / len(history)
-    return RunResult(asdict(cfg), history, final, seconds, probe_rows)
+            yield augment(xb.to(device, non_blocking=True), train=True), yb.to(device, non_blocking=True)
+
+    return train_loop(cfg, model_fn, data.num_outputs, batches, lambda m: evaluate_loader(m, data, cfg, device, augment), progress)
 
 
 def benchmark_step(

@@ -18,7 +18,7 @@ import hashlib
 import os
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +48,7 @@ __all__ = [
     "run",
     "read_cached",
     "run_arms",
+    "train_loop",
     "write_cached",
 ]
 
@@ -265,12 +266,41 @@ def run(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cach
 
 
 def _train(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], progress: bool) -> RunResult:
+    """In-memory data: batches are slices of a seeded permutation (no per-sample Python)."""
+    device = _device(cfg.device)
+    x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
+    x_te, y_te = data.x_test.to(device), data.y_test.to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(x_tr)
+
+    def batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(n, generator=gen).to(device)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            yield x_tr[idx], y_tr[idx]
+
+    return train_loop(cfg, model_fn, data.num_outputs, batches, lambda m: evaluate(m, x_te, y_te, cfg, data.y_scale), progress)
+
+
+def train_loop(
+    cfg: TrainConfig,
+    model_fn: Callable[[], nn.Module],
+    num_outputs: int,
+    batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]],
+    evaluate_fn: Callable[[nn.Module], dict[str, float]],
+    progress: bool = False,
+) -> RunResult:
+    """The training loop every run shares: seed, build the model (then GAL, in a forked RNG),
+    the optimizer (h in it, or in its own SGD when ``cfg.h_lr``), the lr schedule and the probe;
+    per epoch, one step per batch of ``batches(epoch)`` (tensors on the device) and a history
+    row with ``evaluate_fn(model)``'s test metrics. Nothing in the step reads back to the host;
+    the epoch's records are converted once per epoch."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = model_fn().to(device)
-    gal = build_gal(cfg, model, data.num_outputs, device)
+    gal = build_gal(cfg, model, num_outputs, device)
     params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     h_opt = None
     if gal is not None and any(p.requires_grad for p in gal.parameters()):
@@ -284,13 +314,9 @@ def _train(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], prog
     loss_fn = loss_function(cfg.loss)
     probe = RemainderProbe(model, every=cfg.probe_every, dtype=torch.float64) if cfg.probe_every else None
 
-    x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
-    x_te, y_te = data.x_test.to(device), data.y_test.to(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n = len(x_tr)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    epochs: Sequence[int] = range(cfg.epochs)
+    epochs: Iterable[int] = range(cfg.epochs)
     if progress:
         from tqdm.auto import tqdm
 
@@ -298,12 +324,9 @@ def _train(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], prog
     for epoch in epochs:
         t0 = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=gen).to(device)
         records: list[GALStep] = []
         losses: list[Tensor] = []
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            xb, yb = x_tr[idx], y_tr[idx]
+        for xb, yb in batches(epoch):
             opt.zero_grad(set_to_none=True)
             if h_opt is not None:
                 h_opt.zero_grad(set_to_none=True)
@@ -312,15 +335,14 @@ def _train(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], prog
                 loss = loss_fn(model(xb), yb)
                 loss.backward()
                 losses.append(loss.detach())
-            elif isinstance(gal, ParamGAL):
-                rec = gal.backward(
-                    lambda p, xb=xb, yb=yb: loss_fn(functional_call(model, p, (xb.to(next(iter(p.values())).dtype),)), yb),
-                    lr,
-                )
-                records.append(rec)
-                losses.append(rec.loss)
             else:
-                rec = gal.backward(model(xb), lambda o, yb=yb: loss_fn(o, yb), lr)
+                if isinstance(gal, ParamGAL):
+                    rec = gal.backward(
+                        lambda p, xb=xb, yb=yb: loss_fn(functional_call(model, p, (xb.to(next(iter(p.values())).dtype),)), yb),
+                        lr,
+                    )
+                else:
+                    rec = gal.backward(model(xb), lambda o, yb=yb: loss_fn(o, yb), lr)
                 records.append(rec)
                 losses.append(rec.loss)
             if probe is not None:
@@ -335,22 +357,27 @@ def _train(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], prog
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         row: dict[str, float] = {"epoch": epoch + 1, "epoch_time": time.perf_counter() - t0}
-        row["train_loss"] = float(torch.stack(losses).mean())
-        if records:
-            row["accept_rate"] = float(torch.stack([r.accepted for r in records]).float().mean())
-            row["fallbacks"] = float(torch.stack([r.fallback for r in records]).sum())
-            row["remainder_abs"] = float(torch.stack([r.remainder for r in records]).abs().mean())
-            if records[0].remainder_plain is not None:
-                row["remainder_plain_abs"] = float(
-                    torch.stack([r.remainder_plain for r in records if r.remainder_plain is not None]).abs().mean()
-                )
-        row.update(evaluate(model, x_te, y_te, cfg, data.y_scale))
+        row.update(_epoch_stats(losses, records))
+        row.update(evaluate_fn(model))
         history.append(row)
     seconds = time.perf_counter() - start
     probe_rows = [{"call": i, **t.to_dict()} for i, t in probe.history] if probe is not None else []
     final = dict(history[-1])
     final["mean_epoch_time"] = sum(h["epoch_time"] for h in history) / len(history)
     return RunResult(asdict(cfg), history, final, seconds, probe_rows)
+
+
+def _epoch_stats(losses: list[Tensor], records: list[GALStep]) -> dict[str, float]:
+    """Mean training loss and, for GAL, acceptance rate, fallbacks and mean |remainder|."""
+    row = {"train_loss": float(torch.stack(losses).double().mean())}
+    if records:
+        row["accept_rate"] = float(torch.stack([r.accepted for r in records]).float().mean())
+        row["fallbacks"] = float(torch.stack([r.fallback for r in records]).sum())
+        row["remainder_abs"] = float(torch.stack([r.remainder.double() for r in records]).abs().mean())
+        plain = [r.remainder_plain.double() for r in records if r.remainder_plain is not None]
+        if plain:
+            row["remainder_plain_abs"] = float(torch.stack(plain).abs().mean())
+    return row
 
 
 def run_arms(
