@@ -1,9 +1,12 @@
 """galcore: gradient adjustment learning (GAL) for PyTorch, with remainder diagnostics.
 
 See ``galcore.GAL`` (output space), ``galcore.ParamGAL`` (parameter space) and
-``galcore.RemainderProbe`` / ``galcore.remainder_terms`` (diagnostics).
+``galcore.RemainderProbe`` / ``galcore.remainder_terms`` (diagnostics). Integrations:
+``galcore.integrations.ultralytics`` (``GALDetectionTrainer``; imported on demand, since it
+imports Ultralytics) and ``galcore.distributed`` (DDP helpers).
 """
 
+from galcore import distributed
 from galcore.adjuster import make_adjuster, release_hidden
 from galcore.gal import GAL, GALStep, ParamGAL
 from galcore.profile import choose, get_profile
@@ -19,6 +22,7 @@ __all__ = [
     "RemainderTerms",
     "__version__",
     "choose",
+    "distributed",
     "get_profile",
     "make_adjuster",
     "output_remainder",

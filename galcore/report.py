@@ -24,7 +24,7 @@ __all__ = ["SUMMARY_COLUMNS", "environment", "render_summary", "update_readme", 
 #: columns every ``summary.csv`` provides (extra columns are kept in the CSV, not rendered)
 SUMMARY_COLUMNS = ["metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n"]
 #: columns that say which comparison a row is, rendered first when present
-DESCRIPTORS = ["setting", "study", "factor", "best", "data", "dataset", "model", "loss", "optimizer"]
+DESCRIPTORS = ["setting", "study", "factor", "best", "data", "dataset", "arch", "model", "loss", "optimizer"]
 #: optional extra columns rendered after the statistics
 EXTRAS = ["overhead_ratio", "accept_rate"]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
