@@ -244,16 +244,18 @@ class _GALCore(nn.Module):
             g = [torch.zeros_like(x) if gi is None else gi for x, gi in zip(x0, grads, strict=True)]
             loss0 = loss0.detach()
 
-            ok = torch.isfinite(loss0)
             adj: list[Tensor] = []
+            checks: list[Tensor] = [loss0]
             for x, gi, d in zip(x0, g, dims, strict=True):
                 a = self._apply_h(x.detach(), d, h_dtype)
                 a_norm = torch.linalg.vector_norm(a, dim=d, keepdim=True)
                 g_norm = torch.linalg.vector_norm(gi, dim=d, keepdim=True)
-                good = torch.isfinite(a_norm) & (a_norm > 0)
-                direction = torch.where(good, a, 0.0) / torch.where(good, a_norm, 1.0)
-                adj.append(self.ratio * g_norm * direction)
-                ok = ok & good.all() & torch.isfinite(g_norm).all()
+                # a zero or non-finite a_i makes this NaN; the step then falls back (below)
+                adj.append(self.ratio * g_norm * (a / a_norm))
+                checks += [a_norm.sum() + g_norm.sum(), (a_norm.amin() > 0).to(a_norm.dtype).log()]
+            # one finiteness test for all: loss, every norm (a sum is finite iff its terms are,
+            # up to overflow, which is a fault too) and log(1) = 0 / log(0) = -inf for a zero a_i
+            ok = torch.isfinite(_total(checks))
 
             delta = [eta * (gi + ai) for gi, ai in zip(g, adj, strict=True)]
             inner = _total([(di * gi).sum() for di, gi in zip(delta, g, strict=True)])
@@ -261,7 +263,7 @@ class _GALCore(nn.Module):
             remainder = loss1 - loss0 + inner
             first = inner / batch if self.first_order == "mean" else inner
             objective = (loss1 + first - loss0).abs()
-            ok = ok & torch.isfinite(loss1)
+            ok = ok & torch.isfinite(loss1)  # NaN adjustments (faults) reach loss1 too
             h_grads: list[Tensor] = []
             if h_params:
                 raw = torch.autograd.grad(objective, h_params, allow_unused=True)
@@ -291,8 +293,8 @@ class _GALCore(nn.Module):
 
         with torch.no_grad():
             self.num_steps.add_(1)
-            self.num_accepted.add_(accepted.to(torch.int64))
-            self.num_fallbacks.add_((~ok).to(torch.int64))
+            self.num_accepted.add_(accepted)
+            self.num_fallbacks.add_(~ok)
         record = GALStep(
             loss=loss0,
             tentative_loss=loss1.detach(),

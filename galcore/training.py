@@ -373,10 +373,11 @@ def _epoch_stats(losses: list[Tensor], records: list[GALStep]) -> dict[str, floa
     if records:
         row["accept_rate"] = float(torch.stack([r.accepted for r in records]).float().mean())
         row["fallbacks"] = float(torch.stack([r.fallback for r in records]).sum())
-        row["remainder_abs"] = float(torch.stack([r.remainder.double() for r in records]).abs().mean())
+        # a fallback step's remainder may be NaN (a NaN adjustment): left out of the mean
+        row["remainder_abs"] = float(torch.stack([r.remainder.double() for r in records]).abs().nanmean())
         plain = [r.remainder_plain.double() for r in records if r.remainder_plain is not None]
         if plain:
-            row["remainder_plain_abs"] = float(torch.stack(plain).abs().mean())
+            row["remainder_plain_abs"] = float(torch.stack(plain).abs().nanmean())
     return row
 
 
