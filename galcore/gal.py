@@ -252,7 +252,7 @@ class _GALCore(nn.Module):
                 g_norm = torch.linalg.vector_norm(gi, dim=d, keepdim=True)
                 # a zero or non-finite a_i makes this NaN; the step then falls back (below)
                 adj.append(self.ratio * g_norm * (a / a_norm))
-                checks += [a_norm.sum() + g_norm.sum(), (a_norm.amin() > 0).to(a_norm.dtype).log()]
+                checks += [a_norm.sum() + g_norm.sum(), (a_norm > 0).all().to(a_norm.dtype).log()]
             # one finiteness test for all: loss, every norm (a sum is finite iff its terms are,
             # up to overflow, which is a fault too) and log(1) = 0 / log(0) = -inf for a zero a_i
             ok = torch.isfinite(_total(checks))

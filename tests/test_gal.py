@@ -362,3 +362,13 @@ def test_param_gal_with_a_module_gets_named_params() -> None:
     pg.backward(loss, lr=0.1)
     assert set(seen) == {"weight", "bias"}
     assert lin.weight.grad is not None and lin.weight.grad.shape == (2, 3)
+
+
+def test_empty_batch_falls_back_without_error() -> None:
+    gal = GAL(4, ratio=0.1)
+    x = torch.zeros(0, 4, requires_grad=True)
+    rec = gal.backward(x, lambda o: (o**2).sum(), lr=0.1)
+    assert x.grad is not None and x.grad.shape == (0, 4)
+    assert int(gal.num_steps) == 1
+    assert all(torch.isfinite(p.grad).all() for p in gal.h.parameters())
+    assert bool(rec.fallback) or bool(rec.accepted)
