@@ -522,9 +522,9 @@ def plot_output_remainder(diag: pd.DataFrame) -> Any:
     opts = list(dict.fromkeys(diag["optimizer"]))
     fig, axes = plt.subplots(1, len(opts), figsize=(3.6 * len(opts), 3.2), squeeze=False)
     for ax, opt in zip(axes[0], opts, strict=True):
-        for run, style in (("gal+probe", "-"), ("gal-float32", ":")):
-            f = diag[(diag["optimizer"] == opt) & (diag["run"] == run)]
-            tag = "float64" if run == "gal+probe" else "float32"
+        for arm, style in (("gal+probe", "-"), ("gal-float32", ":")):
+            f = diag[(diag["optimizer"] == opt) & (diag["run"] == arm)]
+            tag = "float64" if arm == "gal+probe" else "float32"
             ax.plot(f["epoch"], f["remainder_plain_abs"], style, color="C0", lw=3.5, alpha=0.45, label=f"plain step ({tag})")
             ax.plot(f["epoch"], f["remainder_abs"], style, color="C3", lw=1.2, label=f"with adjustment ({tag})")
         ax.set_yscale("log")
@@ -544,9 +544,9 @@ def plot_param_remainder(probes: pd.DataFrame) -> Any:
     opts = list(dict.fromkeys(probes["optimizer"]))
     fig, axes = plt.subplots(1, len(opts), figsize=(3.6 * len(opts), 3.2), squeeze=False)
     for ax, opt in zip(axes[0], opts, strict=True):
-        for run, color in (("standard+probe", "C0"), ("gal+probe", "C3")):
-            f = probes[(probes["optimizer"] == opt) & (probes["run"] == run)]
-            ax.plot(f["call"], f["r1"].abs().clip(lower=1e-18), ".-", color=color, ms=3, label=run.split("+")[0])
+        for arm, color in (("standard+probe", "C0"), ("gal+probe", "C3")):
+            f = probes[(probes["optimizer"] == opt) & (probes["run"] == arm)]
+            ax.plot(f["call"], f["r1"].abs().clip(lower=1e-18), ".-", color=color, ms=3, label=arm.split("+")[0])
         ax.set_yscale("log")
         ax.set_title(opt)
         ax.set_xlabel("optimizer step")

@@ -351,7 +351,6 @@ def one_target_probe(setup: Setup, cfg: TrainConfig) -> dict[str, float]:
 
     if cfg.gal is None:
         raise ValueError("cfg must be a GAL arm")
-    device = torch.device("cpu")
     torch.manual_seed(cfg.seed)
     model = setup.model_fn()
     opts = dict(cfg.gal)
