@@ -64,13 +64,14 @@ import torch
 from scipy import stats as _sstats
 from torch import nn
 
+from galcore.bench import StepRunner, step_peak_bytes, time_steps
 from galcore.datasets import digits
+from galcore.gal import GAL
 from galcore.models import MLP, SmallCNN
 from galcore.optim import make_optimizer
 from galcore.profile import Profile, choose, get_profile
 from galcore.results import results_dir
 from galcore.stats import PairedResult, paired_ci
-from galcore.bench import StepRunner, step_peak_bytes, time_steps
 from galcore.training import Data, RunResult, Setup, TrainConfig, build_gal, cache_path, loss_function, run
 
 __all__ = [
@@ -134,16 +135,14 @@ BUDGET: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-#: GAL's constructor defaults (and training's extra keys), used to compare configs.
+#: GAL's constructor defaults (read from its signature) and training's extra keys, used to
+#: compare configs.
 GAL_DEFAULTS: dict[str, Any] = {
-    "ratio": 1e-3,
-    "scale": 1.0,
-    "hidden": None,
-    "activation": None,
-    "first_order": "sum",
-    "accept": "decrease",
-    "compute_dtype": None,
-    "track_plain": False,
+    **{
+        name: p.default
+        for name, p in inspect.signature(GAL.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty and name not in ("dim", "h", "sync_distributed")
+    },
     "frozen_h": False,
     "h_seed": None,
 }
