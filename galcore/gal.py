@@ -215,6 +215,11 @@ class _GALCore(nn.Module):
         last = dim == x.ndim - 1
         xm = torch.nan_to_num(x if last else x.movedim(dim, -1), nan=0.0, posinf=0.0, neginf=0.0)
         a = cast(Tensor, self.h(xm if xm.dtype == h_dtype else xm.to(h_dtype)))
+        if a.shape != xm.shape:
+            raise ValueError(
+                f"h must map vectors of size {xm.shape[-1]} to the same size; it turned input of shape "
+                f"{tuple(xm.shape)} into {tuple(a.shape)}"
+            )
         a = a if a.dtype == x.dtype else a.to(x.dtype)
         return a if last else a.movedim(-1, dim)
 

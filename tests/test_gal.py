@@ -372,3 +372,12 @@ def test_empty_batch_falls_back_without_error() -> None:
     assert int(gal.num_steps) == 1
     assert all(torch.isfinite(p.grad).all() for p in gal.h.parameters())
     assert bool(rec.fallback) or bool(rec.accepted)
+
+
+def test_custom_h_of_the_wrong_size_is_named() -> None:
+    gal = GAL(4, h=nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="h must map vectors of size 4"):
+        gal.backward(torch.randn(2, 4, requires_grad=True), lambda o: o.sum(), lr=0.1)
+    ok = GAL(4, h=nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4)), ratio=0.1)
+    rec = ok.backward(torch.randn(2, 4, requires_grad=True), lambda o: (o**2).sum(), lr=0.1)
+    assert not bool(rec.fallback)
