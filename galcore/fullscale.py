@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from galcore.gal import GAL
 from galcore.optim import current_lr, make_optimizer
 from galcore.results import repo_root
-from galcore.training import RunResult, TrainConfig, _device, build_gal, loss_function, read_cached, train_loop, write_cached
+from galcore.training import RunResult, TrainConfig, _device, build_gal, cached, loss_function, train_loop
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -276,12 +276,7 @@ def train_loader_run(
         raise ValueError("train_loader_run trains classifiers (cfg.task='classification')")
     if cfg.data != data.name:
         raise ValueError(f"cfg.data={cfg.data!r} does not name this data ({data.name!r}); the cache key would lie")
-    if cache and (hit := read_cached(cfg)) is not None:
-        return hit
-    result = _train_loader(cfg, data, model_fn, progress)
-    if cache:
-        write_cached(cfg, result)
-    return result
+    return cached(cfg, lambda: _train_loader(cfg, data, model_fn, progress), cache)
 
 
 def _train_loader(cfg: TrainConfig, data: LoaderData, model_fn: Callable[[], nn.Module], progress: bool) -> RunResult:

@@ -43,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "build_gal",
     "cache_path",
+    "cached",
     "loss_function",
     "paired_table",
     "run",
@@ -257,9 +258,14 @@ def build_gal(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torc
 
 def run(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = True, progress: bool = False) -> RunResult:
     """Train one model under ``cfg`` and return its history; cached by ``cfg.key()``."""
+    return cached(cfg, lambda: _train(cfg, data, model_fn, progress), cache)
+
+
+def cached(cfg: TrainConfig, train: Callable[[], RunResult], cache: bool = True) -> RunResult:
+    """``train()``'s result for ``cfg``, read from / written to the run cache when ``cache``."""
     if cache and (hit := read_cached(cfg)) is not None:
         return hit
-    result = _train(cfg, data, model_fn, progress)
+    result = train()
     if cache:
         write_cached(cfg, result)
     return result
