@@ -7,17 +7,25 @@
 Models (batch): an MLP 64-256-10 (256); a small CNN on 1x8x8 inputs (64); a torchvision
 ResNet-18, ``weights=None, num_classes=10``, on 3x32x32 (128).
 
-Standard step: ``zero_grad``, forward, ``cross_entropy``, ``loss.backward()``, SGD (momentum 0.9)
-step. GAL step: the same with ``gal.backward(out, loss_fn, lr)`` instead of ``loss.backward()``
-and h's parameters in the same optimizer. Both variants start from the same weights
-(``copy.deepcopy``) and see the same batches.
+Variants (``--variants``), all from the same model weights and the same h (``copy.deepcopy``),
+on the same batches:
 
-Timing: warm-up steps for both variants, then rounds of ``block`` standard steps and ``block``
-GAL steps, in ABBA order (the variant that goes first alternates each round) so slow drift
-(thermal, other processes) hits both equally. Every step is timed on its own
-(``time.perf_counter``; on CUDA with a ``torch.cuda.synchronize()`` before and after, outside
-the step, so asynchronous work is counted), and the table shows the median over steps. The
-ratio is median(GAL) / median(standard).
+- ``standard``: ``zero_grad``, forward, ``cross_entropy``, ``loss.backward()``, SGD (momentum
+  0.9) step.
+- ``gal``: the same with ``gal.backward(out, loss_fn, lr)`` instead of ``loss.backward()`` and
+  h's parameters in the same optimizer (the eager, reference step).
+- ``gal_compiled``: the same with ``gal.compile()`` (GAL's arithmetic as one compiled function;
+  it compiles during the warm-up steps).
+- ``floor``: not GAL. The standard step plus only the work that any GAL step must add: h's
+  parameters in the optimizer, and the loss with its gradient at a second point. Its ratio is a
+  lower bound for any implementation of GAL on this model and machine.
+
+Timing: warm-up steps for every variant, then rounds of ``block`` steps of each variant, the
+order reversed every other round (ABCD DCBA ...) so slow drift (thermal, other processes) hits
+all equally. Every step is timed on its own (``time.perf_counter``; on CUDA with a
+``torch.cuda.synchronize()`` before and after, outside the step, so asynchronous work is
+counted), and the table shows the median over steps. A ratio is median(variant) /
+median(standard).
 
 Memory ("step peak"): the peak of tensor memory newly allocated during one step (forward,
 backward, optimizer step: activations, gradients, temporaries, GAL's work), above what was
@@ -102,9 +110,38 @@ def Runner(model: nn.Module, gal: galcore.GAL | None) -> StepRunner:  # noqa: N8
     return StepRunner(model, gal, F.cross_entropy, torch.optim.SGD(params, lr=LR, momentum=MOMENTUM))
 
 
+class FloorRunner(StepRunner):
+    """Not GAL: the work that any GAL step must add to the standard one, with GAL's own
+    arithmetic taken out. h's parameters sit in the optimizer (they get zero gradients and are
+    stepped), and the loss is evaluated, with its gradient, at a second point ``x - lr g``.
+    What GAL costs above this is the cost of h's forward and backward and of the step's
+    bookkeeping; what this costs above the standard step, no implementation can remove."""
+
+    def __init__(self, model: nn.Module, gal: galcore.GAL) -> None:
+        super().__init__(model, None, F.cross_entropy, Runner(model, gal).opt)
+        self.h_params = list(gal.parameters())
+        self.zeros = [torch.zeros_like(p) for p in self.h_params]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        out = self.model(x)
+        x0 = out.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.loss_fn(x0, y), x0)
+        x1 = (x0.detach() - LR * g).requires_grad_(True)
+        torch.autograd.grad(self.loss_fn(x1, y), x1)
+        out.backward(g)
+        for p, z in zip(self.h_params, self.zeros, strict=True):
+            p.grad = z
+        self.opt.step()
+
+
+#: The variants timed against each other, in the order of the table.
+VARIANTS = ("standard", "gal", "gal_compiled", "floor")
+
+
 def bench_model(
     name: str, device: torch.device, steps: int, warmup: int, block: int, seed: int, measure_memory: bool,
-    clock: str = "wall",
+    clock: str = "wall", variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
     factory, shape, batch = MODELS[name]
     torch.manual_seed(seed)
@@ -116,43 +153,54 @@ def bench_model(
     ]
     torch.manual_seed(seed + 2)
     gal = galcore.GAL(output_dim=10, ratio=1e-3).to(device)
-    runners = {"standard": Runner(copy.deepcopy(base), None), "gal": Runner(copy.deepcopy(base), gal)}
-    del base
+    # every variant starts from the same model weights and the same h
+    makers: dict[str, Callable[[], StepRunner]] = {
+        "standard": lambda: Runner(copy.deepcopy(base), None),
+        "gal": lambda: Runner(copy.deepcopy(base), copy.deepcopy(gal)),
+        "gal_compiled": lambda: Runner(copy.deepcopy(base), copy.deepcopy(gal).compile()),
+        "floor": lambda: FloorRunner(copy.deepcopy(base), copy.deepcopy(gal)),
+    }
+    runners = {key: makers[key]() for key in variants}
     for r in runners.values():
         r.model.train()
 
-    for _ in range(warmup):
-        for key in ("standard", "gal"):
+    for _ in range(warmup):  # the compiled variant compiles in its first warm-up step
+        for key in variants:
             time_steps(runners[key], batches, 1, 0, device)
 
-    times: dict[str, list[float]] = {"standard": [], "gal": []}
+    times: dict[str, list[float]] = {key: [] for key in variants}
     done = 0
     rnd = 0
     while done < steps:
         n = min(block, steps - done)
-        order = ("standard", "gal") if rnd % 2 == 0 else ("gal", "standard")
+        order = variants if rnd % 2 == 0 else variants[::-1]
         for key in order:
             times[key].extend(time_steps(runners[key], batches, n, done, device, clock))
         done += n
         rnd += 1
 
     row: dict[str, Any] = {"model": name, "batch": batch, "input_shape": list(shape), "steps": steps, "clock": clock}
-    for key in ("standard", "gal"):
+    for key in variants:
         ms = [t * 1e3 for t in times[key]]
         row[f"{key}_ms_median"] = statistics.median(ms)
         row[f"{key}_ms_p25"] = quantile(ms, 0.25)
         row[f"{key}_ms_p75"] = quantile(ms, 0.75)
         row[f"{key}_ms_min"] = min(ms)
-    row["ratio"] = row["gal_ms_median"] / row["standard_ms_median"]
-    row["ratio_min"] = row["gal_ms_min"] / row["standard_ms_min"]
     row["target"] = TARGETS[name]
-    row["meets_target"] = bool(row["ratio"] <= TARGETS[name])
-    for key in ("standard", "gal"):
+    for key, suffix in (("gal", ""), ("gal_compiled", "_compiled"), ("floor", "_floor")):
+        if key in variants:
+            row[f"ratio{suffix}"] = row[f"{key}_ms_median"] / row["standard_ms_median"]
+            row[f"ratio_min{suffix}"] = row[f"{key}_ms_min"] / row["standard_ms_min"]
+            row[f"meets_target{suffix}"] = bool(row[f"ratio{suffix}"] <= TARGETS[name])
+    for key in variants:
         peak = step_peak_bytes(runners[key], *batches[0], device) if measure_memory else None
         row[f"{key}_step_peak_mb"] = None if peak is None else peak / 2**20
         row[f"{key}_persistent_mb"] = runners[key].persistent_bytes() / 2**20
-    row["gal_acceptance_rate"] = float(gal.acceptance_rate)
-    row["gal_fallbacks"] = int(gal.num_fallbacks)
+    for key in ("gal", "gal_compiled"):
+        g = runners[key].gal if key in runners else None
+        if g is not None:
+            row[f"{key}_acceptance_rate"] = float(g.acceptance_rate)
+            row[f"{key}_fallbacks"] = int(g.num_fallbacks)
     return row
 
 
@@ -161,24 +209,30 @@ def format_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     def mb(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
 
-    head = (
-        f"{'model':<9} {'std ms':>8} {'GAL ms':>8} {'ratio':>6} {'target':>6} {'ok':>3}  "
-        f"{'std peak MB':>11} {'GAL peak MB':>11} {'std pers MB':>11} {'GAL pers MB':>11}"
-    )
+    head = f"{'model':<9} {'variant':<13} {'ms':>8} {'ratio':>6} {'target':>6} {'ok':>3}  {'peak MB':>8} {'pers MB':>8}"
     lines = [
         f"GAL vs standard step on {meta['device']} ({meta['threads']} threads, torch {meta['torch']}, "
-        f"{meta['clock']} clock); "
-        f"median of {{steps}} steps per variant, ABBA-interleaved blocks",
+        f"{meta['clock']} clock); median of {{steps}} steps per variant, interleaved blocks",
         head,
         "-" * len(head),
     ]
+    suffix = {"gal": "", "gal_compiled": "_compiled", "floor": "_floor"}
     for r in rows:
-        lines.append(
-            f"{r['model']:<9} {r['standard_ms_median']:>8.3f} {r['gal_ms_median']:>8.3f} {r['ratio']:>6.3f} "
-            f"{r['target']:>6.2f} {'yes' if r['meets_target'] else 'no':>3}  "
-            f"{mb(r['standard_step_peak_mb']):>11} {mb(r['gal_step_peak_mb']):>11} "
-            f"{mb(r['standard_persistent_mb']):>11} {mb(r['gal_persistent_mb']):>11}"
-        )
+        for key in meta["variants"]:
+            if key == "standard":
+                ratio, target, ok = "1.000", "", ""
+            else:
+                ratio = f"{r['ratio' + suffix[key]]:.3f}"
+                target = f"{r['target']:.2f}" if key != "floor" else "-"
+                ok = ("yes" if r["meets_target" + suffix[key]] else "no") if key != "floor" else ""
+            lines.append(
+                f"{r['model']:<9} {key:<13} {r[key + '_ms_median']:>8.3f} {ratio:>6} {target:>6} {ok:>3}  "
+                f"{mb(r[key + '_step_peak_mb']):>8} {mb(r[key + '_persistent_mb']):>8}"
+            )
+    lines.append(
+        "gal: the eager (reference) step; gal_compiled: gal.compile(); floor: not GAL, only the work any GAL "
+        "step adds (h's tensors in the optimizer, the loss and its gradient at a second point)."
+    )
     lines.append(
         "peak MB: tensor memory allocated during one step above what was live at its start "
         f"({meta['memory_method']}); pers MB: params + grads + momentum between steps."
@@ -214,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant and model (default: per model)")
-    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 20, quick 1)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 20, quick 2; gal_compiled compiles in its second)")
     ap.add_argument("--block", type=int, default=None, help="steps per interleaved block (default 10, quick 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
@@ -223,6 +277,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="wall: perf_counter (default); cpu: process CPU time, all threads (CPU only; steadier on a busy "
         "machine, since time spent waiting for a core is not counted; with --threads > 1 it includes "
         "OpenMP spin-waits)",
+    )
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (standard is always timed)",
     )
     ap.add_argument("--quick", action="store_true", help="a few steps per model (seconds; for the tests)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
@@ -239,7 +297,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 20)
+    variants = ("standard", *(v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "standard"))
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise SystemExit(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
+    warmup = args.warmup if args.warmup is not None else (2 if args.quick else 20)
     block = args.block if args.block is not None else (2 if args.quick else 10)
 
     meta: dict[str, Any] = {
@@ -257,9 +319,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "momentum": MOMENTUM,
         "gal": {"ratio": 1e-3, "h": "release linear stack 10-100-32-16-10"},
         "clock": args.clock,
+        "variants": list(variants),
         "timing": (
             f"per-step {'perf_counter (wall)' if args.clock == 'wall' else 'process_time (CPU)'}; "
-            "median over steps; ratio = median GAL / median standard"
+            "median over steps; ratio = median variant / median standard"
         ),
         "memory_method": (
             "torch.cuda.max_memory_allocated delta" if device.type == "cuda"
@@ -272,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in models:
         steps = args.steps if args.steps is not None else (3 if args.quick else DEFAULT_STEPS[name])
         print(f"[step_overhead] {name}: {warmup} warm-up + {steps} timed steps per variant on {device} ...", flush=True)
-        rows.append(bench_model(name, device, steps, warmup, block, args.seed, not args.no_memory, args.clock))
+        rows.append(bench_model(name, device, steps, warmup, block, args.seed, not args.no_memory, args.clock, variants))
     json_path, csv_path = write_outputs(rows, meta, args.json)
     print(format_table(rows, meta))
     print(f"wrote {json_path} and {csv_path}")

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -132,6 +133,129 @@ def _scalar_loss(value: Any) -> Tensor:
     return value.reshape(())
 
 
+class _Spec(NamedTuple):
+    """What a step needs besides tensors: fixed for a run (the compiled step guards on it)."""
+
+    dims: list[int]  # the dimension h reads, per output
+    batch: int  # B, for first_order="mean"
+    ratio: float
+    first_order: FirstOrder
+    accept: Accept
+    h_dtype: torch.dtype
+    out_dtypes: list[torch.dtype]  # dtype of each output (the chosen gradient's dtype)
+
+
+# (chosen, flat h-gradient, g, loss0, loss1, remainder, objective, ok, accepted)
+_MathOut = tuple[list[Tensor], Tensor, list[Tensor], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _apply_h(h: Callable[[Tensor], Any], x: Tensor, dim: int, h_dtype: torch.dtype) -> Tensor:
+    """h on every vector of x along ``dim`` (non-finite entries read as 0); shaped like x."""
+    last = dim == x.ndim - 1
+    xm = torch.nan_to_num(x if last else x.movedim(dim, -1), nan=0.0, posinf=0.0, neginf=0.0)
+    a = h(xm if xm.dtype == h_dtype else xm.to(h_dtype))
+    if not isinstance(a, Tensor) or a.shape != xm.shape:
+        got = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+        raise ValueError(
+            f"h must map vectors of size {xm.shape[-1]} to the same size; it turned input of shape "
+            f"{tuple(xm.shape)} into {got}"
+        )
+    a = a if a.dtype == x.dtype else a.to(x.dtype)
+    return a if last else a.movedim(-1, dim)
+
+
+def _tentative(
+    h: Callable[[Tensor], Any],
+    x0: list[Tensor],
+    g: list[Tensor],
+    loss0: Tensor,
+    loss_of: Callable[[list[Tensor]], Tensor],
+    eta: float | Tensor,
+    spec: _Spec,
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor]:
+    """Steps 2-4 of the module docstring: the adjustment, the tentative step and h's objective.
+
+    Returns ``(adj, loss1, remainder, objective, ok)``; ``objective`` carries the graph to h's
+    parameters, ``ok`` is False on any fault (zero or non-finite a_i, non-finite g or loss).
+    """
+    adj: list[Tensor] = []
+    checks: list[Tensor] = [loss0]
+    for x, gi, d in zip(x0, g, spec.dims, strict=True):
+        a = _apply_h(h, x, d, spec.h_dtype)
+        a_norm = torch.linalg.vector_norm(a, dim=d, keepdim=True)
+        g_norm = torch.linalg.vector_norm(gi, dim=d, keepdim=True)
+        # a zero or non-finite a_i makes this NaN; the step then falls back (in _decide)
+        adj.append(spec.ratio * g_norm * (a / a_norm))
+        checks += [a_norm.sum() + g_norm.sum(), (a_norm > 0).all().to(a_norm.dtype).log()]
+    # one finiteness test for all: loss, every norm (a sum is finite iff its terms are, up to
+    # overflow, which is a fault too) and log(1) = 0 / log(0) = -inf for a zero a_i
+    ok = torch.isfinite(_total(checks))
+    delta = [eta * (gi + ai) for gi, ai in zip(g, adj, strict=True)]
+    inner = _total([(di * gi).sum() for di, gi in zip(delta, g, strict=True)])
+    loss1 = _scalar_loss(loss_of([x - di for x, di in zip(x0, delta, strict=True)]))
+    remainder = loss1 - loss0 + inner
+    first = inner / spec.batch if spec.first_order == "mean" else inner
+    objective = (loss1 + first - loss0).abs()
+    ok = ok & torch.isfinite(loss1)  # NaN adjustments (faults) reach loss1 too
+    return adj, loss1, remainder, objective, ok
+
+
+def _decide(
+    g: list[Tensor], adj: list[Tensor], raw: Sequence[Tensor | None], params: Sequence[Tensor],
+    loss0: Tensor, loss1: Tensor, ok: Tensor, spec: _Spec,
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Step 5: the chosen gradient per output, h's gradient as one flat buffer (zero on a
+    fault: a single masking op, and a single all-reduce under DDP), and ``accepted``."""
+    if params:
+        parts = [(torch.zeros_like(p) if r is None else r).reshape(-1) for p, r in zip(params, raw, strict=True)]
+        flat = torch.where(ok, torch.cat(parts), 0.0)
+    else:  # a frozen h
+        flat = loss0.new_zeros(0)
+    accepted = ok & (loss1 <= loss0) if spec.accept == "decrease" else ok
+    chosen = [
+        torch.where(accepted, gi + ai.detach(), gi).to(dt) for gi, ai, dt in zip(g, adj, spec.out_dtypes, strict=True)
+    ]
+    return chosen, flat, accepted
+
+
+def _eager_math(
+    h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor],
+    eta: float | Tensor, spec: _Spec,
+) -> _MathOut:
+    """The reference step: plain autograd, one op at a time."""
+    with torch.enable_grad():
+        x0 = [w.requires_grad_(True) for w in work]
+        loss0 = _scalar_loss(loss_of(x0))
+        grads = torch.autograd.grad(loss0, x0, allow_unused=True)
+        g = [torch.zeros_like(x) if gi is None else gi for x, gi in zip(x0, grads, strict=True)]
+        x0 = [x.detach() for x in x0]
+        loss0 = loss0.detach()
+        adj, loss1, remainder, objective, ok = _tentative(h, x0, g, loss0, loss_of, eta, spec)
+        raw = torch.autograd.grad(objective, params, allow_unused=True) if params else ()
+    chosen, flat, accepted = _decide(g, adj, raw, params, loss0, loss1, ok, spec)
+    return chosen, flat, g, loss0, loss1.detach(), remainder.detach(), objective.detach(), ok, accepted
+
+
+def _fused_math(
+    h: nn.Module, work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor], eta: float | Tensor, spec: _Spec
+) -> _MathOut:
+    """The same step written with ``torch.func`` transforms, so that ``torch.compile`` can
+    trace all of it (both loss gradients and h's gradient) into one graph."""
+    params = {n: p.detach() for n, p in h.named_parameters() if p.requires_grad}
+    g, loss0 = torch.func.grad_and_value(lambda z: _scalar_loss(loss_of(z)))(work)
+
+    def objective_of(p: dict[str, Tensor]) -> tuple[Tensor, tuple[Any, ...]]:
+        def h_call(v: Tensor) -> Any:
+            return torch.func.functional_call(h, p, (v,))
+
+        adj, loss1, remainder, objective, ok = _tentative(h_call, work, g, loss0, loss_of, eta, spec)
+        return objective, (adj, loss1, remainder, objective, ok)
+
+    raw, (adj, loss1, remainder, objective, ok) = torch.func.grad(objective_of, has_aux=True)(params)
+    chosen, flat, accepted = _decide(g, adj, list(raw.values()), list(params.values()), loss0, loss1, ok, spec)
+    return chosen, flat, g, loss0, loss1, remainder, objective, ok, accepted
+
+
 class _GALCore(nn.Module):
     """h, the counters and the step itself; subclasses say what x is (outputs or parameters)."""
 
@@ -210,19 +334,6 @@ class _GALCore(nn.Module):
             return x.detach().to(self.compute_dtype)
         return x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach()
 
-    def _apply_h(self, x: Tensor, dim: int, h_dtype: torch.dtype) -> Tensor:
-        """h on every vector of x along ``dim`` (non-finite entries read as 0); shaped like x."""
-        last = dim == x.ndim - 1
-        xm = torch.nan_to_num(x if last else x.movedim(dim, -1), nan=0.0, posinf=0.0, neginf=0.0)
-        a = cast(Tensor, self.h(xm if xm.dtype == h_dtype else xm.to(h_dtype)))
-        if a.shape != xm.shape:
-            raise ValueError(
-                f"h must map vectors of size {xm.shape[-1]} to the same size; it turned input of shape "
-                f"{tuple(xm.shape)} into {tuple(a.shape)}"
-            )
-        a = a if a.dtype == x.dtype else a.to(x.dtype)
-        return a if last else a.movedim(-1, dim)
-
     def _step(
         self,
         xs: list[Tensor],
@@ -230,11 +341,11 @@ class _GALCore(nn.Module):
         batch: int,
         loss_of: Callable[[list[Tensor]], Tensor],
         lr: float | Tensor,
-    ) -> tuple[list[Tensor], list[Tensor], GALStep]:
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], GALStep]:
         """Run one GAL step at the points ``xs``.
 
-        Returns the chosen gradient for each x (dtype of x), h's gradient for each of its
-        parameters (already zero on a fault; ``None`` entries replaced by zeros), and the record.
+        Returns the chosen gradient for each x (dtype of x), h's trainable parameters, their
+        gradients (already zero on a fault), and the record.
         """
         _check_lr(lr)
         eta = lr * self.scale
@@ -242,57 +353,44 @@ class _GALCore(nn.Module):
         h_dtype = h_params[0].dtype if h_params else next((p.dtype for p in self.h.parameters()), xs[0].dtype)
         work = [self._work_copy(x) for x in xs]
         device_type = work[0].device.type
-        with torch.enable_grad(), _no_autocast(device_type):
-            x0 = [w.requires_grad_(True) for w in work]
-            loss0 = _scalar_loss(loss_of(x0))
-            grads = torch.autograd.grad(loss0, x0, allow_unused=True)
-            g = [torch.zeros_like(x) if gi is None else gi for x, gi in zip(x0, grads, strict=True)]
-            loss0 = loss0.detach()
+        spec = _Spec(dims, batch, self.ratio, self.first_order, self.accept, h_dtype, [x.dtype for x in xs])
+        fused = self._fused_fn() if h_params else None
+        with _no_autocast(device_type):
+            out: _MathOut | None = None
+            if fused is not None:
+                # a 0-d (CPU) tensor, so that a new lr is a new input value, not a recompile
+                eta_t = eta if isinstance(eta, Tensor) else torch.tensor(float(eta), dtype=torch.float64)
+                try:
+                    out = fused(self.h, work, loss_of, eta_t, spec)
+                except Exception as err:  # noqa: BLE001 - any compiler failure; user errors re-raise below
+                    # the fused function has no side effects: run the eager step, which raises
+                    # the caller's own errors (bad loss, wrong h) as usual; if it succeeds the
+                    # failure was the compiler's, so warn once and stay eager
+                    out = _eager_math(self.h, h_params, work, loss_of, eta, spec)
+                    warnings.warn(
+                        f"GAL.compile(): the compiled step failed ({type(err).__name__}: {err}); "
+                        "GAL runs its eager step from now on",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                    self.uncompile()
+            if out is None:
+                out = _eager_math(self.h, h_params, work, loss_of, eta, spec)
+        chosen, flat, g, loss0, loss1, remainder, objective, ok, accepted = out
 
-            adj: list[Tensor] = []
-            checks: list[Tensor] = [loss0]
-            for x, gi, d in zip(x0, g, dims, strict=True):
-                a = self._apply_h(x.detach(), d, h_dtype)
-                a_norm = torch.linalg.vector_norm(a, dim=d, keepdim=True)
-                g_norm = torch.linalg.vector_norm(gi, dim=d, keepdim=True)
-                # a zero or non-finite a_i makes this NaN; the step then falls back (below)
-                adj.append(self.ratio * g_norm * (a / a_norm))
-                checks += [a_norm.sum() + g_norm.sum(), (a_norm > 0).all().to(a_norm.dtype).log()]
-            # one finiteness test for all: loss, every norm (a sum is finite iff its terms are,
-            # up to overflow, which is a fault too) and log(1) = 0 / log(0) = -inf for a zero a_i
-            ok = torch.isfinite(_total(checks))
-
-            delta = [eta * (gi + ai) for gi, ai in zip(g, adj, strict=True)]
-            inner = _total([(di * gi).sum() for di, gi in zip(delta, g, strict=True)])
-            loss1 = _scalar_loss(loss_of([x.detach() - di for x, di in zip(x0, delta, strict=True)]))
-            remainder = loss1 - loss0 + inner
-            first = inner / batch if self.first_order == "mean" else inner
-            objective = (loss1 + first - loss0).abs()
-            ok = ok & torch.isfinite(loss1)  # NaN adjustments (faults) reach loss1 too
-            h_grads: list[Tensor] = []
-            if h_params:
-                raw = torch.autograd.grad(objective, h_params, allow_unused=True)
-                # one flat buffer: a single masking op (and a single all-reduce under DDP)
-                flat = torch.cat([
-                    (torch.zeros_like(p) if r is None else r).reshape(-1) for p, r in zip(h_params, raw, strict=True)
-                ])
-                flat = torch.where(ok, flat, 0.0)
-                if self.sync_distributed and dist.is_available() and dist.is_initialized():
-                    world = dist.get_world_size()
-                    if world > 1:
-                        dist.all_reduce(flat)
-                        flat = flat / world
-                h_grads = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in h_params]), h_params, strict=True)]
-
-        accepted = ok & (loss1 <= loss0) if self.accept == "decrease" else ok
-        chosen = [
-            torch.where(accepted, gi + ai.detach(), gi).to(x.dtype) for gi, ai, x in zip(g, adj, xs, strict=True)
-        ]
+        h_grads: list[Tensor] = []
+        if h_params:
+            if self.sync_distributed and dist.is_available() and dist.is_initialized():
+                world = dist.get_world_size()
+                if world > 1:
+                    dist.all_reduce(flat)
+                    flat = flat / world
+            h_grads = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in h_params]), h_params, strict=True)]
 
         plain = None
         if self.track_plain:
             with torch.no_grad(), _no_autocast(device_type):
-                loss_p = _scalar_loss(loss_of([x.detach() - eta * gi for x, gi in zip(x0, g, strict=True)]))
+                loss_p = _scalar_loss(loss_of([x - eta * gi for x, gi in zip(work, g, strict=True)]))
                 sq = _total([(gi * gi).sum() for gi in g])
                 plain = loss_p - loss0 + eta * sq
 
@@ -302,29 +400,82 @@ class _GALCore(nn.Module):
             self.num_fallbacks.add_(~ok)
         record = GALStep(
             loss=loss0,
-            tentative_loss=loss1.detach(),
-            remainder=remainder.detach(),
-            objective=objective.detach(),
+            tentative_loss=loss1,
+            remainder=remainder,
+            objective=objective,
             accepted=accepted,
             fallback=~ok,
             remainder_plain=plain,
         )
         self.last_step = record
-        return chosen, h_grads, record
+        return chosen, h_params, h_grads, record
+
+    # -- the fused (compiled) step ----------------------------------------------------------
+    def compile(self, **options: Any) -> _GALCore:  # type: ignore[override]
+        """Run GAL's own arithmetic (everything between the model's forward and its backward)
+        as one function compiled with ``torch.compile`` from now on; returns ``self``.
+
+        The result is the same step as the eager one (same decisions; values equal up to
+        floating-point reassociation), with far fewer kernel launches and Python dispatches:
+        on small models this roughly halves GAL's per-step overhead (see
+        ``benchmarks/step_overhead.py``). The first step compiles (seconds to a minute on a
+        CPU); a new output shape, dtype or loss function compiles again (dynamo's usual
+        caching and limits). ``options`` go to :func:`torch.compile` (``mode``, ``backend``,
+        ``dynamic``, ...). The first step after ``compile()`` runs eagerly, so that a bad loss
+        or h fails with the usual error; compiling happens on the second. If the compiler
+        fails, GAL warns and runs eagerly from then on. ``uncompile()`` returns to the eager
+        step. Not part of ``state_dict`` (a runtime choice, like ``torch.compile`` itself).
+
+        Note: ``nn.Module.compile`` would compile :meth:`forward`; GAL's forward is
+        :meth:`surrogate`, whose autograd calls would only graph-break, so this method
+        compiles the step's arithmetic instead.
+        """
+        self._compile_options: dict[str, Any] | None = dict(options)
+        self._compiled = None
+        return self
+
+    def uncompile(self) -> _GALCore:
+        """Go back to the eager (reference) step; returns ``self``."""
+        self._compile_options = None
+        self._compiled = None
+        return self
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether steps run through :meth:`compile`'s fused function."""
+        return getattr(self, "_compile_options", None) is not None
+
+    def _fused_fn(self) -> Callable[..., _MathOut] | None:
+        options = getattr(self, "_compile_options", None)
+        if options is None:
+            return None
+        if getattr(self, "_compiled", None) is None:
+            # the first step after compile() runs eagerly: it checks the loss and h with the
+            # usual errors, outside the compiler (an exception raised while dynamo traces a
+            # torch.func transform can leave dynamo unable to trace the next call)
+            self._compiled = torch.compile(_fused_math, **options)
+            return None
+        return self._compiled
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # rebuilt on the next step; compiled code does not pickle
+        return state
 
     def _h_params(self) -> list[Tensor]:
         return [p for p in self.h.parameters() if p.requires_grad]
 
-    def _accumulate_h(self, h_grads: list[Tensor]) -> None:
-        for p, gp in zip(self._h_params(), h_grads, strict=True):
+    @staticmethod
+    def _accumulate_h(h_params: list[Tensor], h_grads: list[Tensor]) -> None:
+        for p, gp in zip(h_params, h_grads, strict=True):
             if p.grad is None:
                 p.grad = gp.detach()  # a fresh tensor of this step: no copy needed
             else:
                 p.grad.add_(gp)
 
-    def _h_term(self, h_grads: list[Tensor]) -> Tensor | None:
-        """A zero-valued scalar whose gradient w.r.t. h's parameters is ``h_grads``."""
-        params = self._h_params()
+    @staticmethod
+    def _h_term(params: list[Tensor], h_grads: list[Tensor]) -> Tensor | None:
+        """A zero-valued scalar whose gradient w.r.t. h's parameters ``params`` is ``h_grads``."""
         if not params:
             return None
         term = _total([(p * gp.detach()).sum() for p, gp in zip(params, h_grads, strict=True)])
@@ -405,12 +556,14 @@ class GAL(_GALCore):
         batch = xs[0].shape[0] if xs[0].ndim > 1 else 1
         return xs, dims, batch, rebuild
 
-    def _run(self, outputs: Outputs, loss_fn: LossFn, lr: float | Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor], GALStep]:
+    def _run(
+        self, outputs: Outputs, loss_fn: LossFn, lr: float | Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], GALStep]:
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable: outputs -> scalar loss")
         xs, dims, batch, rebuild = self._prepare(outputs)
-        chosen, h_grads, record = self._step(xs, dims, batch, lambda z: loss_fn(rebuild(z)), lr)
-        return xs, chosen, h_grads, record
+        chosen, h_params, h_grads, record = self._step(xs, dims, batch, lambda z: loss_fn(rebuild(z)), lr)
+        return xs, chosen, h_params, h_grads, record
 
     def backward(self, outputs: Outputs, loss_fn: LossFn, lr: float | Tensor) -> GALStep:
         """Like ``loss_fn(outputs).backward()``, with GAL's chosen gradient at the outputs.
@@ -425,9 +578,9 @@ class GAL(_GALCore):
         Returns:
             A :class:`GALStep` of 0-d tensors.
         """
-        xs, chosen, h_grads, record = self._run(outputs, loss_fn, lr)
-        torch.autograd.backward(xs, chosen)
-        self._accumulate_h(h_grads)
+        xs, chosen, h_params, h_grads, record = self._run(outputs, loss_fn, lr)
+        # one engine call: through the model's graph, and straight into h's leaves
+        torch.autograd.backward([*xs, *h_params], [*chosen, *h_grads])
         return record
 
     def surrogate(self, outputs: Outputs, loss_fn: LossFn, lr: float | Tensor) -> Tensor:
@@ -439,10 +592,10 @@ class GAL(_GALCore):
         chosen gradient exactly as it would scale the plain one. The step's record is in
         :attr:`last_step`.
         """
-        xs, chosen, h_grads, record = self._run(outputs, loss_fn, lr)
+        xs, chosen, h_params, h_grads, record = self._run(outputs, loss_fn, lr)
         link = _total([(x * c.detach()).sum() for x, c in zip(xs, chosen, strict=True)])
         value = record.loss.to(link.dtype) + (link - link.detach())
-        h_term = self._h_term(h_grads)
+        h_term = self._h_term(h_params, h_grads)
         return value if h_term is None else value + h_term.to(value.dtype)
 
     forward = surrogate
@@ -505,12 +658,12 @@ class ParamGAL(_GALCore):
             parts = [t.view_as(p) for t, p in zip(z[0].split(sizes), targets, strict=True)]
             return loss_fn(dict(zip(names, parts, strict=True)) if names is not None else parts)
 
-        chosen, h_grads, record = self._step([flat], [0], 1, loss_of, lr)
+        chosen, h_params, h_grads, record = self._step([flat], [0], 1, loss_of, lr)
         for p, c in zip(targets, chosen[0].split(sizes), strict=True):
             c = c.view_as(p)
             if p.grad is None:
                 p.grad = c.clone()
             else:
                 p.grad.add_(c)
-        self._accumulate_h(h_grads)
+        self._accumulate_h(h_params, h_grads)
         return record
