@@ -265,10 +265,15 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant and model (default: per model)")
-    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 20, quick 2; gal_compiled compiles in its second)")
+    ap.add_argument(
+        "--warmup", type=int, default=None,
+        help="warm-up steps per variant (default 20, quick 2; gal_compiled compiles in its second)",
+    )
     ap.add_argument("--block", type=int, default=None, help="steps per interleaved block (default 10, quick 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
@@ -306,7 +311,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     meta: dict[str, Any] = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+        ),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -335,7 +342,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in models:
         steps = args.steps if args.steps is not None else (3 if args.quick else DEFAULT_STEPS[name])
         print(f"[step_overhead] {name}: {warmup} warm-up + {steps} timed steps per variant on {device} ...", flush=True)
-        rows.append(bench_model(name, device, steps, warmup, block, args.seed, not args.no_memory, args.clock, variants))
+        rows.append(
+            bench_model(name, device, steps, warmup, block, args.seed, not args.no_memory, args.clock, variants)
+        )
     json_path, csv_path = write_outputs(rows, meta, args.json)
     print(format_table(rows, meta))
     print(f"wrote {json_path} and {csv_path}")

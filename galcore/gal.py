@@ -358,8 +358,13 @@ class _GALCore(nn.Module):
         with _no_autocast(device_type):
             out: _MathOut | None = None
             if fused is not None:
-                # a 0-d (CPU) tensor, so that a new lr is a new input value, not a recompile
-                eta_t = eta if isinstance(eta, Tensor) else torch.tensor(float(eta), dtype=torch.float64)
+                # a tensor, so that a new lr is a new input value, not a recompile. Shape (1,) on
+                # the outputs' device: torch.full is a fill kernel (no host-to-device copy), and
+                # dynamo guards a 0-d float64 tensor by reading its value (.item()) every call
+                eta_t = (
+                    eta if isinstance(eta, Tensor)
+                    else torch.full((1,), float(eta), dtype=work[0].dtype, device=work[0].device)
+                )
                 try:
                     out = fused(self.h, work, loss_of, eta_t, spec)
                 except Exception as err:  # noqa: BLE001 - any compiler failure; user errors re-raise below
