@@ -304,6 +304,9 @@ class _GALCore(nn.Module):
         for name in ("num_steps", "num_accepted", "num_fallbacks"):
             self.register_buffer(name, torch.zeros((), dtype=torch.int64))
         self.last_step: GALStep | None = None
+        # set by compile(): torch.compile's options, and the compiled step (built on first use)
+        self._compile_options: dict[str, Any] | None = None
+        self._compiled: Callable[..., _MathOut] | None = None
 
     # -- state ----------------------------------------------------------------------------
     _CONFIG = ("ratio", "scale", "first_order", "accept", "track_plain")
@@ -435,7 +438,7 @@ class _GALCore(nn.Module):
         :meth:`surrogate`, whose autograd calls would only graph-break, so this method
         compiles the step's arithmetic instead.
         """
-        self._compile_options: dict[str, Any] | None = dict(options)
+        self._compile_options = dict(options)
         self._compiled = None
         return self
 
@@ -448,13 +451,13 @@ class _GALCore(nn.Module):
     @property
     def is_compiled(self) -> bool:
         """Whether steps run through :meth:`compile`'s fused function."""
-        return getattr(self, "_compile_options", None) is not None
+        return self._compile_options is not None
 
     def _fused_fn(self) -> Callable[..., _MathOut] | None:
-        options = getattr(self, "_compile_options", None)
+        options = self._compile_options
         if options is None:
             return None
-        if getattr(self, "_compiled", None) is None:
+        if self._compiled is None:
             # the first step after compile() runs eagerly: it checks the loss and h with the
             # usual errors, outside the compiler (an exception raised while dynamo traces a
             # torch.func transform can leave dynamo unable to trace the next call)
