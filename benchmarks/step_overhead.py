@@ -37,7 +37,7 @@ not taken back). Both count tensor bytes only, not the Python heap, the allocato
 the process's RSS. "Persistent" is what lives between steps: parameters, their gradients and
 the optimizer's momentum buffers (plus h and its state for GAL), summed from the tensors.
 
-Results go to ``results/benchmarks/step_overhead.json`` and ``.csv`` (``galcore.results``), or
+Results go to ``results/benchmarks/step_overhead.json`` and ``.csv`` (``galcore.experiments.results``), or
 to ``--json PATH`` (the CSV next to it).
 """
 
@@ -61,8 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import galcore
-from galcore.bench import CLOCKS, StepRunner, quantile, step_peak_bytes, time_steps
-from galcore.results import results_dir
+from galcore.experiments.bench import CLOCKS, StepRunner, quantile, step_peak_bytes, time_steps
+from galcore.experiments.results import results_dir
 
 #: The issue's targets for GAL/standard on 2 CPU cores.
 TARGETS = {"mlp": 1.5, "cnn": 1.10, "resnet18": 1.03}

@@ -6,4 +6,4 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="$(bash "$root/scripts/setup.sh" | tail -n 1)"
 cd "$root"
 export GALCORE_PROFILE="${GALCORE_PROFILE:-default}" MPLBACKEND=Agg
-exec "$py" -m galcore.notebook_runner --profile "$GALCORE_PROFILE" "$@"
+exec "$py" -m galcore.experiments.notebook_runner --profile "$GALCORE_PROFILE" "$@"

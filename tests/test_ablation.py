@@ -1,4 +1,4 @@
-"""The ablation studies (issue 7): definitions, summary logic, a tiny end-to-end run."""
+"""The ablation studies: definitions, summary logic, a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from galcore import ablation as A
-from galcore.models import MLP
-from galcore.training import Data, Setup, TrainConfig
+from galcore.experiments import ablation as A
+from galcore.experiments.models import MLP
+from galcore.experiments.harness import Data, Setup, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_controls_present_and_arms_differ_only_in_the_factor(smoke_studies: list
             assert all(_factor_match(k, st.factor) for k in differ), f"{st.key}: {a!r} vs {b!r} differ in {differ}"
 
 
-def test_the_issue_settings_are_all_there(smoke_studies: list[A.Study]) -> None:
+def test_the_planned_settings_are_all_there(smoke_studies: list[A.Study]) -> None:
     by_key = {s.key: s for s in smoke_studies}
     for task in ("classification", "regression"):
         ratio = by_key[f"ratio:{task}"]
@@ -181,7 +181,7 @@ def test_summary_rejects_a_missing_control() -> None:
 
 # -- a tiny end-to-end study ----------------------------------------------------------------
 def _tiny_study(tmp_data_name: str = "tinydigits") -> A.Study:
-    from galcore.datasets import digits
+    from galcore.experiments.datasets import digits
 
     full = digits()
     data = Data(tmp_data_name, full.x_train[:96], full.y_train[:96], full.x_test[:64], full.y_test[:64], 10)

@@ -1,4 +1,4 @@
-"""galcore.classification and galcore.fullscale: setups, fairness of paired runs, the
+"""galcore.experiments.classification and galcore.experiments.fullscale: setups, fairness of paired runs, the
 full-profile (CIFAR / EfficientNet-B1) code path on a tiny fake CIFAR-shaped dataset."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-import galcore.classification as clf
-from galcore.fullscale import DeviceAugment, LoaderData, benchmark_step, cifar_data, efficientnet_b1_factory, fake_cifar
-from galcore.models import SmallCNN
-from galcore.optim import make_optimizer
-from galcore.training import Data, Setup, cache_dir
+import galcore.experiments.classification as clf
+from galcore.experiments.fullscale import DeviceAugment, LoaderData, benchmark_step, cifar_data, efficientnet_b1_factory, fake_cifar
+from galcore.experiments.models import SmallCNN
+from galcore.experiments.optim import make_optimizer
+from galcore.experiments.harness import Data, Setup, cache_dir
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from galcore import GAL
-from tests.test_no_sync import tripwires
+from tests.helpers import tripwires
 
 
 def _grads(modules: list[nn.Module]) -> list[torch.Tensor]:
@@ -183,7 +183,7 @@ def test_frozen_h_still_adjusts(compiled: bool) -> None:
 def test_param_gal_compiled_matches_eager() -> None:
     """ParamGAL (the 3D toy's parameter-space GAL) takes the same compiled path."""
     from galcore import ParamGAL
-    from galcore.surface import surface
+    from galcore.experiments.surface import surface
 
     def trajectory(compiled: bool) -> torch.Tensor:
         torch.manual_seed(3)

@@ -1,4 +1,4 @@
-"""galcore.regression: data, rotation labels, setup, one-target GAL (fast, CPU)."""
+"""galcore.experiments.regression: data, rotation labels, setup, one-target GAL (fast, CPU)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from galcore import regression as R
-from galcore.datasets import digits_arrays
+from galcore.experiments import regression as R
+from galcore.experiments.datasets import digits_arrays
 
 
 def test_diabetes_shapes_standardised_deterministic() -> None:

@@ -9,8 +9,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from galcore import notebook_runner
-from galcore.report import BEGIN, END, render_summary, update_readme, write_summary
+from galcore.experiments import notebook_runner
+from galcore.experiments.report import BEGIN, END, render_summary, update_readme, write_summary
 
 
 def _notebook(path: Path, cells: list[tuple[str, str]]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from galcore.data.shapes_detection import (
+from galcore.experiments.data.shapes_detection import (
     CLASSES,
     ShapesConfig,
     generate_shapes_detection,

@@ -12,23 +12,23 @@ from torch import nn
 
 import galcore
 from galcore.adjuster import make_adjuster, release_hidden
-from galcore.models import MLP, ResNet8, SmallCNN
-from galcore.optim import OPTIMIZERS, make_optimizer
-from galcore.stats import paired_ci
-from galcore.training import Data, TrainConfig, paired_table, run, run_arms
+from galcore.experiments.models import MLP, ResNet8, SmallCNN
+from galcore.experiments.optim import OPTIMIZERS, make_optimizer
+from galcore.experiments.stats import paired_ci
+from galcore.experiments.harness import Data, TrainConfig, paired_table, run, run_arms
 
 
 def test_profile_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GALCORE_PROFILE", raising=False)
-    assert galcore.get_profile() == "default"
+    assert galcore.experiments.get_profile() == "default"
     monkeypatch.setenv("GALCORE_PROFILE", "Smoke")
-    assert galcore.get_profile() == "smoke"
-    assert galcore.choose(smoke=1, default=2, full=3) == 1
+    assert galcore.experiments.get_profile() == "smoke"
+    assert galcore.experiments.choose(smoke=1, default=2, full=3) == 1
     monkeypatch.setenv("GALCORE_PROFILE", "full")
-    assert galcore.choose(smoke=1, default=2) == 2 and galcore.choose(1, 2, 3) == 3
+    assert galcore.experiments.choose(smoke=1, default=2) == 2 and galcore.experiments.choose(1, 2, 3) == 3
     monkeypatch.setenv("GALCORE_PROFILE", "huge")
     with pytest.raises(ValueError, match="GALCORE_PROFILE"):
-        galcore.get_profile()
+        galcore.experiments.get_profile()
 
 
 def test_paired_ci_matches_scipy() -> None:

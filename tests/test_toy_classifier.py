@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from galcore.toy_classifier import ARMS, ClassifierSetting, make_spirals, run_classifier
+from galcore.experiments.toy_classifier import ARMS, ClassifierSetting, make_spirals, run_classifier
 
 SMALL = ClassifierSetting(steps=8, n_per_class=32, batch=32, width=16)
 

@@ -18,14 +18,15 @@ import torch
 if importlib.util.find_spec("ultralytics") is None:  # not importorskip: Ultralytics must be imported after offline_env
     pytest.skip("ultralytics is not installed (pip install galcore[yolo])", allow_module_level=True)
 
-from galcore.integrations.ultralytics import GALConfig, offline_env, read_gal_steps  # noqa: E402
+from galcore import GALConfig  # noqa: E402
+from galcore.integrations.ultralytics import build_gal, offline_env, read_gal_steps  # noqa: E402
 
 offline_env()  # before Ultralytics is imported below
 
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 
-from galcore.data.shapes_detection import ShapesConfig, shapes_detection  # noqa: E402
+from galcore.experiments.data.shapes_detection import ShapesConfig, shapes_detection  # noqa: E402
 from galcore.integrations.ultralytics import GALCriterion, GALDetectionTrainer  # noqa: E402
 
 DATA = ShapesConfig(n_train=16, n_val=8, imgsz=64, seed=1)
@@ -253,14 +254,58 @@ def test_options_from_config_file_and_errors(data_yaml: str, tmp_path: Path) -> 
         overrides=_train_kwargs(data_yaml, tmp_path, "cfg", gal=str(cfg_file), gal_scale=0.5, model="yolov8n.yaml")
     )
     assert trainer.gal_config.ratio == 0.003 and trainer.gal_config.scale == 0.5  # keywords win over the file
-    gal = trainer.gal_config.build(20)
+    gal = build_gal(trainer.gal_config, 20, seed=0)
     assert gal.first_order == "mean" and gal.scale == 0.5 and gal.dim == 1
+
+
+def test_bad_options_fail_before_the_run_starts(data_yaml: str, tmp_path: Path) -> None:
+    """gal_ratio=-1 and gal_ratio="abc" fail in the trainer's constructor, naming the option,
+    before Ultralytics scans the dataset or creates the run folder."""
+    for bad, error in ((-1, ValueError), ("abc", TypeError)):
+        kwargs = _train_kwargs(data_yaml, tmp_path, f"bad{error.__name__}", gal_ratio=bad, model="yolov8n.yaml")
+        with pytest.raises(error, match="ratio"):
+            GALDetectionTrainer(overrides=kwargs)
+        assert not (tmp_path / f"bad{error.__name__}").exists()
+        assert not any(tmp_path.rglob(f"bad{error.__name__}*"))
+    cfg = GALConfig.from_any(None, compute_dtype="float32", hidden=[16])
+    assert cfg.compute_dtype == torch.float32 and cfg.hidden == (16,)
+
+
+def test_offline_settings_keep_datasets_and_weights_in_the_project() -> None:
+    import ultralytics.utils as uu
+
+    from galcore.integrations.ultralytics import _project_root
+
+    root = _project_root()
+    for key in ("datasets_dir", "weights_dir", "runs_dir"):
+        assert Path(uu.SETTINGS[key]).resolve().is_relative_to(root), (key, uu.SETTINGS[key])
+    assert Path(uu.SETTINGS["datasets_dir"]).name == "data"
+
+
+def test_criterion_value_stays_finite_under_float16_autocast() -> None:
+    """Ultralytics' loss vector is kept at its own precision: a loss beyond float16's range
+    does not become inf (inf - inf would be NaN and trip Ultralytics' NaN recovery)."""
+    model = torch.nn.Linear(1, 1).train()
+    gal = build_gal(GALConfig(ratio=0.3, hidden=(8,)), 6, seed=0)
+
+    def big(preds: Any, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        vec, items = _fake_criterion(preds, batch)
+        return vec.float() * 4e4, items
+
+    crit = GALCriterion(big, gal, lr=lambda: 1e-6, model=model)
+    preds = _fake_preds()
+    preds = {k: (v.half() if k != "feats" else v) for k, v in preds.items()}
+    with torch.autocast("cpu", dtype=torch.float16):
+        vec, _ = crit(preds, None)
+    assert torch.isfinite(vec).all() and float(vec.sum()) > 65504
+    vec.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in gal.parameters())
 
 
 def test_criterion_copies_drop_gal() -> None:
     import copy
 
-    crit = GALCriterion(inner=object(), gal=GALConfig().build(8), lr=lambda: 0.1, model=torch.nn.Linear(1, 1))
+    crit = GALCriterion(inner=object(), gal=build_gal(GALConfig(), 8, seed=0), lr=lambda: 0.1, model=torch.nn.Linear(1, 1))
     holder = torch.nn.Module()
     holder.criterion = crit
     assert copy.deepcopy(holder).criterion is None  # ModelEMA / checkpoint copies get a fresh criterion
@@ -284,7 +329,7 @@ def _fake_preds(seed: int = 0) -> dict[str, Any]:
 
 def test_criterion_keeps_values_and_sends_gals_gradient() -> None:
     model = torch.nn.Linear(1, 1).train()
-    gal = GALConfig(ratio=0.3, accept="always", hidden=(8,)).build(6)
+    gal = build_gal(GALConfig(ratio=0.3, accept="always", hidden=(8,)), 6, seed=0)
     crit = GALCriterion(_fake_criterion, gal, lr=lambda: 0.5, model=model)
     preds = _fake_preds()
     vec, items = crit(preds, None)
@@ -293,7 +338,7 @@ def test_criterion_keeps_values_and_sends_gals_gradient() -> None:
     assert items.keys() == ref_items.keys()
     vec.sum().backward()
     # the same step through GAL.backward on a copy of h gives the same output gradient
-    gal2 = GALConfig(ratio=0.3, accept="always", hidden=(8,)).build(6)
+    gal2 = build_gal(GALConfig(ratio=0.3, accept="always", hidden=(8,)), 6, seed=0)
     gal2.load_state_dict(gal.state_dict())
     gal2.num_steps.zero_()
     p2 = _fake_preds()
@@ -309,7 +354,7 @@ def test_criterion_keeps_values_and_sends_gals_gradient() -> None:
 
 def test_criterion_passes_through_outside_training() -> None:
     model = torch.nn.Linear(1, 1)
-    gal = GALConfig(ratio=0.3).build(6)
+    gal = build_gal(GALConfig(ratio=0.3), 6, seed=0)
     crit = GALCriterion(_fake_criterion, gal, lr=lambda: 0.5, model=model)
     model.eval()
     crit(_fake_preds(), None)  # validation

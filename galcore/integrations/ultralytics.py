@@ -52,8 +52,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from weakref import ref
@@ -61,6 +60,7 @@ from weakref import ref
 import torch
 from torch import Tensor
 
+from galcore.config import GALConfig
 from galcore.gal import GAL
 
 __all__ = [
@@ -86,6 +86,16 @@ def _find_font() -> Path:
     return path
 
 
+def _project_root() -> Path:
+    """The nearest folder at or above the working directory holding galcore's pyproject.toml,
+    else the working directory."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "galcore").is_dir():
+            return folder
+    return here
+
+
 def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.PathLike[str] | None = None) -> Path:
     """Set up Ultralytics to run fully offline and return its config folder.
 
@@ -96,7 +106,9 @@ def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.P
       ``Arial.ttf`` (a copy of matplotlib's DejaVuSans, so no font is downloaded);
     - ``YOLO_OFFLINE=1`` (no online check), ``YOLO_AUTOINSTALL=0`` (no pip installs);
     - settings: ``sync=False`` (no analytics or crash reports), every logger integration off,
-      ``runs_dir=<runs_dir or root/runs>``.
+      ``runs_dir=<runs_dir or root/runs>``, and Ultralytics' ``datasets_dir`` and
+      ``weights_dir`` inside the project: ``$GALCORE_DATA`` or ``<root>/data`` (git-ignored),
+      and its ``weights/`` folder.
 
     Training calls should still pass ``pretrained=False``, ``amp=False`` on CPU (no AMP check,
     which would download weights), ``plots=False`` and a model ``*.yaml`` (never ``*.pt``).
@@ -105,9 +117,7 @@ def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.P
         root: the project folder; default the galcore repository root (or the working directory).
         runs_dir: Ultralytics' default runs folder; default ``<root>/runs``.
     """
-    from galcore.results import repo_root
-
-    base = Path(root) if root is not None else (repo_root() or Path.cwd())
+    base = Path(root) if root is not None else _project_root()
     cfg = (base / ".yolo_config").resolve()
     font = _find_font()
     for folder in (cfg, cfg / "Ultralytics"):  # YOLO_CONFIG_DIR and Ultralytics' USER_CONFIG_DIR below it
@@ -137,9 +147,12 @@ def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.P
         ue.ONLINE = False
         ue.events.enabled = False
     runs = Path(runs_dir) if runs_dir is not None else base / "runs"
+    data = Path(os.environ["GALCORE_DATA"]) if os.environ.get("GALCORE_DATA") else base / "data"
     settings = {
         "sync": False,
         "runs_dir": str(runs.resolve()),
+        "datasets_dir": str(data.resolve()),
+        "weights_dir": str((data / "weights").resolve()),
         "clearml": False,
         "comet": False,
         "dvc": False,
@@ -157,98 +170,10 @@ def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.P
 # ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, None: None}
-
-
-@dataclass(frozen=True)
-class GALConfig:
-    """GAL's options for a YOLO run (see :class:`galcore.GAL`).
-
-    Attributes:
-        ratio: r, the adjustment's norm relative to the gradient's at each location.
-        scale: the tentative step is ``lr * scale`` (lr: the optimizer's current lr).
-        hidden: h's hidden widths; ``None``: :func:`galcore.release_hidden` of ``no``.
-        activation: between h's layers (``None`` = the release's linear stack).
-        first_order: ``"sum"`` (exact Taylor term) or ``"mean"`` (the release's form).
-        accept: ``"decrease"`` or ``"always"``.
-        compute_dtype: ``None`` (the outputs' dtype, half promoted to float32), ``"float32"`` or
-            ``"float64"``.
-        track_plain: also measure the remainder of the plain step (one more loss evaluation).
-        lr_factor: h's learning rate relative to the model's.
-        seed: seed of h's initialisation (``None``: the run's ``seed``); h is drawn from its
-            own generator, so GAL does not shift the random stream of the rest of training.
-    """
-
-    ratio: float = 1e-3
-    scale: float = 1.0
-    hidden: tuple[int, ...] | None = None
-    activation: str | None = None
-    first_order: str = "sum"
-    accept: str = "decrease"
-    compute_dtype: str | None = None
-    track_plain: bool = False
-    lr_factor: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.hidden is not None:
-            object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
-        if self.compute_dtype not in _DTYPES:
-            raise ValueError(f"compute_dtype must be None, 'float32' or 'float64', got {self.compute_dtype!r}")
-        if not self.lr_factor >= 0:
-            raise ValueError(f"lr_factor must be >= 0, got {self.lr_factor}")
-        # the remaining checks are GAL's own (raised when the trainer builds it)
-
-    @classmethod
-    def from_any(cls, value: Any = None, **overrides: Any) -> GALConfig:
-        """A config from ``None``, a :class:`GALConfig`, a mapping or a yaml/json file path, then overrides."""
-        if value is None:
-            base: dict[str, Any] = {}
-        elif isinstance(value, GALConfig):
-            base = asdict(value)
-        elif isinstance(value, Mapping):
-            base = dict(value)
-        elif isinstance(value, (str, os.PathLike)):
-            path = Path(value)
-            text = path.read_text()
-            if path.suffix == ".json":
-                base = json.loads(text)
-            else:
-                import yaml  # PyYAML: an Ultralytics dependency
-
-                base = yaml.safe_load(text) or {}
-            if "gal" in base and isinstance(base["gal"], Mapping):
-                base = dict(base["gal"])
-        else:
-            raise TypeError(
-                f"gal must be a GALConfig, a dict or a path to a yaml/json file, got {type(value).__name__}"
-            )
-        base.update(overrides)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(base) - names)
-        if unknown:
-            raise ValueError(f"unknown GAL option(s) {unknown}; valid: {sorted(names)}")
-        return cls(**base)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden) if self.hidden is not None else None
-        return d
-
-    def build(self, output_dim: int) -> GAL:
-        """The :class:`galcore.GAL` module for a head with ``output_dim`` channels per location."""
-        return GAL(
-            output_dim,
-            ratio=self.ratio,
-            scale=self.scale,
-            hidden=self.hidden,
-            activation=self.activation,
-            first_order=self.first_order,  # type: ignore[arg-type]
-            accept=self.accept,  # type: ignore[arg-type]
-            dim=1,
-            track_plain=self.track_plain,
-            compute_dtype=_DTYPES[self.compute_dtype],
-        )
+def build_gal(config: GALConfig, output_dim: int, seed: int) -> GAL:
+    """GAL for a head with ``output_dim`` channels per location (``dim=1``); h drawn with
+    ``config.seed``, or ``seed`` (the run's) when that is ``None``, from its own generator."""
+    return GAL(output_dim, config=config.replace(dim=1, seed=seed if config.seed is None else config.seed))
 
 
 def _pop_gal_options(overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -311,9 +236,6 @@ class GALCriterion:
         """Join each branch's per-anchor outputs into (B, no, A); return them and a rebuilder."""
         if isinstance(preds, tuple):  # (inference, raw) in eval mode
             preds = preds[1]
-        if isinstance(preds, list) and preds and all(isinstance(p, Tensor) and p.ndim == 4 for p in preds):
-            # Ultralytics < 8.4: one (B, no, H, W) map per scale, channels already joined
-            return list(preds), list, [p.shape[1] for p in preds]
         if not isinstance(preds, dict):
             raise TypeError(f"expected the Detect head's training dict, got {type(preds).__name__}")
         if "boxes" in preds:
@@ -457,11 +379,8 @@ def _trainer_class() -> type:
         def _build_gal(self) -> GAL:
             head = self._head()
             no = int(head.nc + 4 * head.reg_max)
-            seed = self.gal_config.seed if self.gal_config.seed is not None else int(self.args.seed)
-            with torch.random.fork_rng(devices=[]):  # h's init must not shift the run's random stream
-                torch.manual_seed(seed)
-                gal = self.gal_config.build(no)
-            return gal.to(self.device)
+            # h is drawn from its own generator: it does not shift the run's random stream
+            return build_gal(self.gal_config, no, int(self.args.seed)).to(self.device)
 
         def build_optimizer(  # type: ignore[override]
             self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5

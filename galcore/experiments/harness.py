@@ -31,10 +31,10 @@ from torch.func import functional_call
 
 from galcore import __version__
 from galcore.gal import GAL, GALStep, ParamGAL
-from galcore.optim import current_lr, make_optimizer
+from galcore.experiments.optim import current_lr, make_optimizer
 from galcore.remainder import RemainderProbe
-from galcore.results import results_dir
-from galcore.stats import paired_ci
+from galcore.experiments.results import results_dir
+from galcore.experiments.stats import paired_ci
 
 __all__ = [
     "Data",
@@ -419,7 +419,7 @@ def run_arms(
 
 def paired_table(finals: pd.DataFrame, metric: str, control: str = "standard", level: float = 0.95) -> pd.DataFrame:
     """For each arm other than ``control``: the paired difference ``arm - control`` of
-    ``metric`` over seeds, with its confidence interval (:func:`galcore.stats.paired_ci`)."""
+    ``metric`` over seeds, with its confidence interval (:func:`galcore.experiments.stats.paired_ci`)."""
     base = finals[finals["arm"] == control].set_index("seed")[metric]
     rows = []
     for arm, group in finals[finals["arm"] != control].groupby("arm", sort=False):

@@ -2,7 +2,7 @@
 notebook 02 (also imported by the ablation notebook), the paired runs over optimizers, the
 result table and its figures.
 
-Profiles (:func:`galcore.get_profile`):
+Profiles (:func:`galcore.experiments.get_profile`):
 
 - ``smoke``: digits (320 training images), a narrow SmallCNN, 2 epochs, 2 seeds.
 - ``default``: digits (1,347 / 450 images, 8 x 8), SmallCNN, 12 epochs, batch 64, lr x0.1 at
@@ -10,10 +10,10 @@ Profiles (:func:`galcore.get_profile`):
 - ``full``: CIFAR-10 / CIFAR-100 (torchvision), EfficientNet-B1 (ImageNet weights when they
   load), inputs resized to 224, flips, batch 320, 300 epochs, lr x0.1 at 100 and 200, the
   release's optimizers and GAL ratios, 3 seeds; read through a DataLoader
-  (:mod:`galcore.fullscale`).
+  (:mod:`galcore.experiments.fullscale`).
 
-Use :func:`run_arms` / :func:`run_one` here rather than :mod:`galcore.training`'s: they send a
-paper-scale setup to the loader path and an in-memory one to :func:`galcore.training.run`.
+Use :func:`run_arms` / :func:`run_one` here rather than :mod:`galcore.experiments.harness`'s: they send a
+paper-scale setup to the loader path and an in-memory one to :func:`galcore.experiments.harness.run`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from galcore.datasets import digits
-from galcore.fullscale import LoaderData, cifar_data, efficientnet_b1_factory, train_loader_run
-from galcore.models import ResNet8, SmallCNN
-from galcore.profile import Profile, choose, get_profile
-from galcore.training import Data, RunResult, Setup, TrainConfig, paired_table, run
+from galcore.experiments.datasets import digits
+from galcore.experiments.fullscale import LoaderData, cifar_data, efficientnet_b1_factory, train_loader_run
+from galcore.experiments.models import ResNet8, SmallCNN
+from galcore.experiments.profile import Profile, choose, get_profile
+from galcore.experiments.harness import Data, RunResult, Setup, TrainConfig, paired_table, run
 
 __all__ = [
     "GAL_SETTINGS",
@@ -175,7 +175,7 @@ def full_setup(
     """The release's CIFAR experiment: EfficientNet-B1, inputs resized to ``input_size``,
     flips, ``batch_size`` 320, 300 epochs, lr x0.1 at 100 and 200, SGD+momentum as the base.
 
-    ``data`` replaces the CIFAR download (e.g. :func:`galcore.fullscale.fake_cifar` in tests);
+    ``data`` replaces the CIFAR download (e.g. :func:`galcore.experiments.fullscale.fake_cifar` in tests);
     its ``resize`` is then used as given. Raises ``FileNotFoundError`` with instructions when
     CIFAR is absent and cannot be downloaded.
     """
@@ -307,8 +307,8 @@ def diagnostic_arms(setup: Setup, name: str, profile: Profile | None = None) -> 
 # -- running -----------------------------------------------------------------------------------
 def run_one(cfg: TrainConfig, setup: Setup, *, cache: bool = True, progress: bool = False) -> RunResult:
     """One run of ``cfg`` on the setup's data, cached in ``results/cache`` (the file
-    :func:`galcore.training.run` uses). In-memory data goes through :func:`galcore.training.run`
-    ; a paper-scale setup through :func:`galcore.fullscale.train_loader_run`."""
+    :func:`galcore.experiments.harness.run` uses). In-memory data goes through :func:`galcore.experiments.harness.run`
+    ; a paper-scale setup through :func:`galcore.experiments.fullscale.train_loader_run`."""
     if is_fullscale(setup):
         return train_loader_run(cfg, setup.data, setup.model_fn, cache=cache, progress=progress)  # type: ignore[arg-type]
     return run(cfg, setup.data, setup.model_fn, cache=cache, progress=progress)
@@ -323,7 +323,7 @@ def run_arms(
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every arm for every seed (default: the setup's; the seed overrides each config's),
-    returning :func:`galcore.training.run_arms`'s frames ``(finals, histories)``, for in-memory
+    returning :func:`galcore.experiments.harness.run_arms`'s frames ``(finals, histories)``, for in-memory
     and paper-scale setups alike."""
     seeds = tuple(setup.seeds if seeds is None else seeds)
     jobs: Any = [(name, seed) for seed in seeds for name in arms]
@@ -396,7 +396,7 @@ def summary_table(
     level: float = 0.95,
 ) -> pd.DataFrame:
     """One row per (data, optimizer, metric): the paired difference GAL - standard over seeds
-    with its CI (:func:`galcore.training.paired_table`), the verdict, the mean acceptance rate
+    with its CI (:func:`galcore.experiments.harness.paired_table`), the verdict, the mean acceptance rate
     of the GAL runs and the wall-time overhead ratio per epoch (mean over seeds, t CI)."""
     over = overhead_per_seed(hists)
     acc_rate = hists[hists["arm"] == "gal"].groupby(["data", "optimizer"])["accept_rate"].mean()

@@ -3,7 +3,7 @@
 Every experiment notebook writes ``results/<notebook-stem>/summary.csv`` with (at least) the
 columns of :data:`SUMMARY_COLUMNS`: one row per compared setting, the paired difference
 GAL - standard over seeds with its confidence interval. This module renders them in notebook
-order, and ``python -m galcore.report --readme README.md`` copies the result into the README
+order, and ``python -m galcore.experiments.report --readme README.md`` copies the result into the README
 between the markers ``<!-- results:begin -->`` and ``<!-- results:end -->``.
 """
 
@@ -129,7 +129,7 @@ def update_readme(readme: Path, summary: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from galcore.results import results_dir
+    from galcore.experiments.results import results_dir
 
     parser = argparse.ArgumentParser(description="Write results/summary.md and optionally copy it into the README.")
     parser.add_argument("--results", type=Path, default=None)

@@ -12,7 +12,7 @@ optimizer step (:func:`galcore.remainder_terms`, in float64).
 
 As in the release, h (2 -> 64 -> 24 -> 2, linear, Xavier-uniform weights, zero biases) is
 trained by the same optimizer as ``(x, y)``. Differences from the release: Lookahead and
-AdaBound come from ``torch-optimizer`` (via :func:`galcore.optim.make_optimizer`), and the
+AdaBound come from ``torch-optimizer`` (via :func:`galcore.experiments.optim.make_optimizer`), and the
 first-order term of h's objective is ParamGAL's exact sum ``<delta, g>`` (the release takes
 the mean over the two coordinates, i.e. half of it).
 """
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from galcore.adjuster import make_adjuster
 from galcore.gal import ParamGAL
-from galcore.optim import current_lr, make_optimizer
+from galcore.experiments.optim import current_lr, make_optimizer
 from galcore.remainder import remainder_terms
 
 __all__ = [
@@ -76,7 +76,7 @@ def surface_grid(lim: float = 1.5, n: int = 301) -> tuple[np.ndarray, np.ndarray
 class ToySetting:
     """One optimizer's toy setting from the release.
 
-    ``optimizer``/``lr``/``kwargs`` go to :func:`galcore.optim.make_optimizer`; ``ratio`` and
+    ``optimizer``/``lr``/``kwargs`` go to :func:`galcore.experiments.optim.make_optimizer`; ``ratio`` and
     ``scale`` are GAL's ``gal_ratio`` and ``gal_scale``; ``seed`` is the release's seed for h.
     """
 

@@ -1,15 +1,15 @@
-"""Ablations of GAL (issue 7): which of its settings matter, measured on paired seeds.
+"""Ablations of GAL: which of its settings matter, measured on paired seeds.
 
 A :class:`Study` varies one factor of GAL (its ratio r, the tentative step's ``scale``, the
 architecture of h, the acceptance rule, the first-order term, the space the adjustment lives
 in, the optimizer underneath) on one setup (classification or regression) and compares every
 setting with the study's control on the same seeds, initial weights and data order
-(:func:`galcore.training.run`, cached on disk by config hash). :func:`summarize` picks each
+(:func:`galcore.experiments.harness.run`, cached on disk by config hash). :func:`summarize` picks each
 study's best setting and gives its paired difference from the control (95% CI over seeds) and
 a plain sentence generated from those numbers. The cost study times a training step and
-measures its peak memory, GAL vs standard, with :mod:`galcore.bench` (the step benchmark's code).
+measures its peak memory, GAL vs standard, with :mod:`galcore.experiments.bench` (the step benchmark's code).
 
-Setups come from :mod:`galcore.classification` / :mod:`galcore.regression`
+Setups come from :mod:`galcore.experiments.classification` / :mod:`galcore.experiments.regression`
 (``default_setup(profile)``) when those modules exist, else from the small fallbacks below;
 :data:`SETUP_MODULES` is the one line that switches. :data:`BUDGET` then caps epochs (and, in
 ``smoke``, the training rows) so that the whole notebook fits its profile's time.
@@ -64,15 +64,15 @@ import torch
 from scipy import stats as _sstats
 from torch import nn
 
-from galcore.bench import StepRunner, step_peak_bytes, time_steps
-from galcore.datasets import digits
+from galcore.experiments.bench import StepRunner, step_peak_bytes, time_steps
+from galcore.experiments.datasets import digits
 from galcore.gal import GAL
-from galcore.models import MLP, SmallCNN
-from galcore.optim import make_optimizer
-from galcore.profile import Profile, choose, get_profile
-from galcore.results import results_dir
-from galcore.stats import PairedResult, paired_ci
-from galcore.training import Data, RunResult, Setup, TrainConfig, build_gal, cache_path, loss_function, run
+from galcore.experiments.models import MLP, SmallCNN
+from galcore.experiments.optim import make_optimizer
+from galcore.experiments.profile import Profile, choose, get_profile
+from galcore.experiments.results import results_dir
+from galcore.experiments.stats import PairedResult, paired_ci
+from galcore.experiments.harness import Data, RunResult, Setup, TrainConfig, build_gal, cache_path, loss_function, run
 
 __all__ = [
     "BUDGET",
@@ -116,7 +116,7 @@ OUT = "05_ablations"
 
 #: Where the shared setups live (``default_setup(profile=None) -> Setup``); a ``None`` value,
 #: or a module that does not exist, uses this module's fallback. Switching is this one line.
-SETUP_MODULES: dict[str, str | None] = {"classification": "galcore.classification", "regression": "galcore.regression"}
+SETUP_MODULES: dict[str, str | None] = {"classification": "galcore.experiments.classification", "regression": "galcore.experiments.regression"}
 
 #: Applied to whichever setup is used: at most ``epochs`` epochs and ``max_train`` training
 #: rows (None: the setup's), exactly ``seeds`` seeds (the setup's first ones, else 0..n-1).
@@ -183,7 +183,7 @@ GROUPS: list[tuple[str, str, str]] = [
 
 # -- setups ---------------------------------------------------------------------------------
 def _fallback_classification(profile: Profile | None = None) -> Setup:
-    """Digits (1,347 train / 450 test, 8x8) with :class:`galcore.models.SmallCNN`, SGD with
+    """Digits (1,347 train / 450 test, 8x8) with :class:`galcore.experiments.models.SmallCNN`, SGD with
     momentum 0.9, lr 0.05, batch 64 (epochs and seeds from :data:`BUDGET`)."""
     data = digits()
     base = TrainConfig(model="smallcnn16-10", data=data.name, optimizer="momentum", lr=0.05, epochs=8, batch_size=64)
@@ -338,7 +338,7 @@ class Study:
 
     Attributes:
         key: unique name, ``"<name>:<task>"``.
-        group: which of the issue's studies it belongs to (:data:`GROUPS`).
+        group: which study group it belongs to (:data:`GROUPS`).
         title: what varies, in words (``"ratio r"``).
         factor: the config fields that vary (``"gal.ratio"``; ``flatten_config`` names).
         task: ``"classification"`` or ``"regression"``.
@@ -564,7 +564,7 @@ def default_studies(profile: Profile | None = None, tasks: Sequence[Task] = TASK
 
 # -- running --------------------------------------------------------------------------------
 def run_cached(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = True) -> RunResult:
-    """:func:`galcore.training.run` (cached by config and code hash)."""
+    """:func:`galcore.experiments.harness.run` (cached by config and code hash)."""
     return run(cfg, data, model_fn, cache=cache)
 
 
@@ -742,7 +742,7 @@ def measure_cost(
     steps = steps if steps is not None else choose(6, 60, 200, profile=p)
     warmup = warmup if warmup is not None else choose(2, 10, 20, profile=p)
     block = block if block is not None else choose(2, 10, 10, profile=p)
-    timer = "galcore.bench"
+    timer = "galcore.experiments.bench"
     cfgs = dict(study.arms)
     setup = study.setup
     device = torch.device(setup.base.device if setup.base.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -949,7 +949,7 @@ def summarize(study: Study, finals: pd.DataFrame) -> dict[str, Any]:
     return row
 
 
-#: Column order of the summary CSV (the first nine are the issue's).
+#: Column order of the summary CSV (the first nine are the shared summary columns).
 SUMMARY_COLUMNS = [
     "study", "factor", "best", "mean_diff", "low", "high", "p_value", "n", "sentence",
     "group", "task", "control", "compared", "metric", "mean_best", "mean_control", "mean_treatment",
@@ -1115,7 +1115,7 @@ def report_group(
     (``:`` replaced by ``_``); without, the figure itself is returned."""
     import matplotlib.pyplot as plt
 
-    from galcore.results import save_table
+    from galcore.experiments.results import save_table
 
     sts = [s for s in studies if s.group == group]
     fig = plot_group(group, sts, finals)
@@ -1133,8 +1133,8 @@ def report_group(
 
 def save_summary(summary: pd.DataFrame) -> Path:
     """``results/05_ablations/summary.csv`` (the columns of :data:`SUMMARY_COLUMNS`; it also
-    has the columns :mod:`galcore.report` reads: ``setting``, ``metric``, ``mean_control``,
+    has the columns :mod:`galcore.experiments.report` reads: ``setting``, ``metric``, ``mean_control``,
     ``mean_treatment``, ``mean_diff``, ``low``, ``high``, ``p_value``, ``n``)."""
-    from galcore.results import save_table
+    from galcore.experiments.results import save_table
 
     return save_table(summary, "summary", OUT)

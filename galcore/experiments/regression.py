@@ -13,7 +13,7 @@ training standard deviation, so ``test_rmse_orig``/``test_mae_orig`` are in orig
   scikit-learn's fetcher; ``full`` profile only; it downloads once and raises a clear
   :class:`DatasetUnavailable` without network.
 
-Models: :class:`galcore.models.MLP` for tabular data, :class:`galcore.models.SmallCNN` for images.
+Models: :class:`galcore.experiments.models.MLP` for tabular data, :class:`galcore.experiments.models.SmallCNN` for images.
 One target, so ``GAL(output_dim=1)``: h maps R^1 -> R^1 (see :func:`one_target_probe`).
 """
 
@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from galcore.datasets import digits_arrays
-from galcore.models import MLP, SmallCNN
-from galcore.optim import current_lr, make_optimizer
-from galcore.profile import Profile, choose
-from galcore.training import Data, Setup, TrainConfig, loss_function, paired_table, run
+from galcore.experiments.datasets import digits_arrays
+from galcore.experiments.models import MLP, SmallCNN
+from galcore.experiments.optim import current_lr, make_optimizer
+from galcore.experiments.profile import Profile, choose
+from galcore.experiments.harness import Data, Setup, TrainConfig, loss_function, paired_table, run
 
 __all__ = [
     "DATASETS",
@@ -292,7 +292,7 @@ def run_grid(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Standard and GAL for every loss x optimizer x seed of ``setup`` (seeds shared by arms).
 
-    Returns ``(finals, histories)`` like :func:`galcore.training.run_arms`, with ``dataset``,
+    Returns ``(finals, histories)`` like :func:`galcore.experiments.harness.run_arms`, with ``dataset``,
     ``loss`` and ``optimizer`` columns. Each arm's epoch-mean acceptance rate over the whole
     run is added to ``finals`` as ``accept_rate_mean``.
     """

@@ -1,13 +1,13 @@
 """The main job: execute every notebook in ``notebooks/`` headless, in order, and report.
 
-``python -m galcore.notebook_runner [--profile default] [--only 02 ...]`` runs each notebook
+``python -m galcore.experiments.notebook_runner [--profile default] [--only 02 ...]`` runs each notebook
 cell by cell (``nbclient``), showing which notebook, which cell (and the section heading it is
 under) and the elapsed time. A failing cell is named (notebook, cell number, error) and the
 remaining notebooks still run; the command exits non-zero at the end if any failed.
 
 Writes under ``results/``: ``notebooks/<name>.ipynb`` (executed copies), whatever the notebooks
 save themselves (figures, tables), ``run_log.json`` and ``summary.md`` (see
-:mod:`galcore.report`).
+:mod:`galcore.experiments.report`).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
     args = parser.parse_args(argv)
 
-    from galcore.report import write_summary
-    from galcore.results import repo_root, results_dir
+    from galcore.experiments.report import write_summary
+    from galcore.experiments.results import repo_root, results_dir
 
     os.environ["GALCORE_PROFILE"] = args.profile
     os.environ.setdefault("MPLBACKEND", "Agg")

@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from galcore.surface import START, ToyRun, local_minima, surface_grid
-from galcore.toy_classifier import ClassifierRun
-from galcore.toy_taylor import TaylorGrid, TaylorLine
+from galcore.experiments.surface import START, ToyRun, local_minima, surface_grid
+from galcore.experiments.toy_classifier import ClassifierRun
+from galcore.experiments.toy_taylor import TaylorGrid, TaylorLine
 
 __all__ = [
     "animate_toy",
@@ -44,7 +44,7 @@ def plot_surface_3d(lim: float = 1.5, n: int = 121) -> Figure:
     ax.scatter(m[:, 0], m[:, 1], m[:, 2], color="white", edgecolor="k", s=30, depthshade=False, label="local minima")
     import torch
 
-    from galcore.surface import surface
+    from galcore.experiments.surface import surface
 
     z0 = float(surface(torch.tensor(START, dtype=torch.float64)))
     ax.scatter([START[0]], [START[1]], [z0], color="red", s=40, depthshade=False, label="start (0.75, 1.0)")

@@ -1,0 +1,75 @@
+"""The package's shape: a small torch-only core, the experiments beside it, imports one way."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = [p for p in (ROOT / "galcore").rglob("*.py") if "experiments" not in p.relative_to(ROOT / "galcore").parts]
+HEAVY = ("pandas", "matplotlib", "scipy", "sklearn", "torchvision", "ultralytics", "tqdm", "IPython")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_the_core_never_imports_the_experiments() -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.startswith("galcore.experiments"))
+                 for p in CORE}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_import_galcore_needs_torch_alone() -> None:
+    """With the heavy packages made unimportable (a torch-only install), the whole core imports
+    and none of them is loaded."""
+    code = f"""
+import importlib, importlib.abc, sys
+HEAVY = {HEAVY!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in HEAVY:
+            raise ImportError('blocked in this test: ' + name)
+sys.meta_path.insert(0, Block())
+import galcore, galcore.gal, galcore.config, galcore.reference, galcore.remainder, galcore.distributed
+import galcore.adjuster, galcore.integrations, galcore.integrations.ultralytics
+loaded = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
+assert not loaded, loaded
+print('ok', len(galcore.__all__))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok")
+
+
+def test_the_core_stays_small() -> None:
+    lines = sum(len(p.read_text().splitlines()) for p in CORE)
+    assert lines <= 2050, f"the core has {lines} lines (keep it near 2,000: the experiments go in galcore/experiments)"
+
+
+def test_no_tracker_references_in_code_or_tests() -> None:
+    pattern = re.compile(r"\b(issue|ticket)\s*#?\d+|#\d{1,4}\b(?!\w)", re.IGNORECASE)
+    hits = []
+    for folder in ("galcore", "tests", "benchmarks", "examples", "scripts"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".py", ".sh") and path.name != "test_layout.py":
+                hits += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
+                         if pattern.search(line)]
+    assert hits == []
+
+
+def test_tests_share_helpers_through_a_module_not_other_test_files() -> None:
+    offenders = []
+    for path in (ROOT / "tests").glob("test_*.py"):
+        offenders += [f"{path.name}: {n}" for n in _imports(path) if re.match(r"tests\.test_", n)]
+    assert offenders == []
