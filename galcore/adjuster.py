@@ -2,14 +2,17 @@
 
 The release uses a stack of ``nn.Linear`` layers with no activation between them; the
 hidden widths depend on the number of outputs (GAL.md). :func:`release_hidden` gives those
-widths, :func:`make_adjuster` builds the stack.
+widths, :func:`make_adjuster` builds the stack, and :class:`LinearStack` is that stack as GAL
+holds it: its weights in one flat parameter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 #: Hidden widths of h in the public release, keyed by the output size C.
 RELEASE_HIDDEN: dict[int, tuple[int, ...]] = {
@@ -80,3 +83,103 @@ def make_adjuster(
         if act is not None and i < len(widths) - 2:
             layers.append(act())
     return nn.Sequential(*layers)
+
+
+#: Multiply-adds per forward that multiplying out h's affine map must save to be worth its six
+#: extra small matrix products (measured on a 2-core CPU: about 2^18; on a GPU every kernel
+#: launch costs more than the arithmetic it saves at these sizes)
+COLLAPSE_CPU, COLLAPSE_OTHER = 2**18, 2**24
+
+
+class LinearStack(nn.Sequential):
+    """h as GAL holds it: the layers of :func:`make_adjuster`, whose weights and biases live in
+    one flat parameter, :attr:`flat` (one tensor for the optimizer, one all-reduce under DDP).
+
+    ``h[i].weight`` and ``h[i].bias`` are views of layer i's part of ``flat`` (read and write
+    them in place), and ``state_dict()`` keeps the plain stack's keys (``0.weight``,
+    ``0.bias``, ...): state dicts load from and into a plain ``nn.Sequential`` of the same shape.
+    Layer i is stored as ``weight.T`` (``in x out``) then ``bias``. Without activations the
+    stack is one affine map ``x @ M + c``; :meth:`forward` multiplies out ``M`` and ``c`` first
+    when that takes fewer multiply-adds than the layers one by one (same function and
+    gradients, rounded differently).
+    """
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        lins = self._linears()
+        if not lins or any(m.bias is None for m in lins):
+            raise ValueError("LinearStack needs nn.Linear layers with biases")
+        self._dims = [(m.in_features, m.out_features) for m in lins]
+        self._affine = len(lins) == len(self)  # no activation: one affine map
+        self.flat = nn.Parameter(torch.cat([t for m in lins for t in (m.weight.detach().t().reshape(-1), m.bias.detach())]))
+        for m in lins:
+            del m.weight, m.bias
+        self._link()
+
+    def _linears(self) -> list[nn.Linear]:
+        return [m for m in self if isinstance(m, nn.Linear)]
+
+    def parts(self, flat: Tensor) -> list[Tensor]:
+        """``[W0.T, b0, W1.T, b1, ...]`` as views of ``flat``, shaped ``(in, out)`` and ``(1, out)``."""
+        chunks = flat.split([n for i, o in self._dims for n in (i * o, o)])
+        return [t.view(-1, o) for t, o in zip(chunks, (o for _, o in self._dims for _ in "wb"), strict=True)]
+
+    def _link(self) -> None:
+        """Point every layer's ``weight`` / ``bias`` at its part of :attr:`flat` (no graph)."""
+        with torch.no_grad():
+            parts = self.parts(self.flat)
+            for m, w, b in zip(self._linears(), parts[0::2], parts[1::2], strict=True):
+                m.weight, m.bias = w.t(), b[0]
+
+    def forward(self, x: Tensor, parts: Sequence[Tensor] | None = None) -> Tensor:
+        """h on the last dimension of ``x``; ``parts`` stand in for :meth:`parts` of :attr:`flat`
+        (GAL passes them through its gradient gate, in its compute dtype)."""
+        parts = self.parts(self.flat) if parts is None else parts
+        z, (c_in, _) = (x if x.ndim == 2 else x.reshape(-1, x.shape[-1])), self._dims[0]
+        layers = z.shape[0] * sum(i * o for i, o in self._dims)
+        product = sum(c_in * i * o for i, o in self._dims[1:]) + z.shape[0] * c_in * self._dims[-1][1]
+        if self._affine and layers - product > (COLLAPSE_CPU if x.device.type == "cpu" else COLLAPSE_OTHER):
+            m, c = parts[0], parts[1]
+            for w, b in zip(parts[2::2], parts[3::2], strict=True):
+                m, c = m @ w, torch.addmm(b, c, w)
+            z = torch.addmm(c, z, m)
+        else:
+            weights = iter(zip(parts[0::2], parts[1::2], strict=True))
+            for module in self:
+                if isinstance(module, nn.Linear):
+                    w, b = next(weights)
+                    z = torch.addmm(b, z, w)
+                else:
+                    z = module(z)
+        return z if x.ndim == 2 else z.view(*x.shape[:-1], z.shape[-1])
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LinearStack:
+        super()._apply(fn, recurse)
+        self._link()  # .to() / .double() may have given flat new data
+        return self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._link()
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        for name, m in self._modules.items():
+            for t in ("weight", "bias") if isinstance(m, nn.Linear) else ():
+                destination[f"{prefix}{name}.{t}"] = getattr(m, t) if keep_vars else getattr(m, t).detach()
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        for name, m in self._modules.items():
+            for t in ("weight", "bias") if isinstance(m, nn.Linear) else ():
+                key, target = f"{prefix}{name}.{t}", getattr(m, t)
+                if key not in state_dict:
+                    missing_keys.append(key)
+                elif state_dict[key].shape != target.shape:
+                    error_msgs.append(f"size mismatch for {key}: {tuple(state_dict[key].shape)} vs {tuple(target.shape)}")
+                else:
+                    with torch.no_grad():
+                        target.copy_(state_dict.pop(key))
+        if strict:
+            unexpected_keys += [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".")[0] not in self._modules]

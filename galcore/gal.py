@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from galcore.adjuster import make_adjuster, release_hidden
+from galcore.adjuster import LinearStack, make_adjuster, release_hidden
 from galcore.config import Accept, FirstOrder, GALConfig, Normalize
 
 Outputs = Tensor | Sequence[Tensor]
@@ -95,20 +95,24 @@ class GALStep:
 class StepMath(NamedTuple):
     """What the step's arithmetic returns (both drivers). Tensors; nothing read to the host.
 
-    ``chosen``: the gradient to send back, per output (dtype of that output); ``h_grad``: the
-    objective's gradient w.r.t. h's trainable parameters as one flat buffer (zero on a fault);
-    ``g``: the plain gradient per output (compute dtype); ``ok``: False on a fault.
+    ``grads``: the gradient to send at each output: ``g + sent`` in the output's dtype, or, when
+    GAL computes in another dtype than the outputs', only ``sent`` (``loss.backward()``'s own
+    gradient is added to it in the final backward call); ``sent`` is ``a`` if the step is
+    accepted, else 0. ``objective``: h's objective (eager: with its graph to h's gated
+    parameters); ``h_grad``: its gradient w.r.t. h's trainable parameters as one flat buffer,
+    zero on a fault (compiled driver only, else None).
     """
 
-    chosen: list[Tensor]
-    h_grad: Tensor
+    grads: list[Tensor]
     g: list[Tensor]
     loss0: Tensor
     loss1: Tensor
     remainder: Tensor
     objective: Tensor
-    ok: Tensor
     accepted: Tensor
+    at_rounding: Tensor  # bool: h's objective is at the rounding level of the arithmetic
+    fallback: Tensor
+    h_grad: Tensor | None
 
 
 class _Spec(NamedTuple):
@@ -120,8 +124,10 @@ class _Spec(NamedTuple):
     first_order: FirstOrder
     accept: Accept
     normalize: Normalize
-    h_dtype: torch.dtype
-    out_dtypes: list[torch.dtype]  # dtype of each output (the chosen gradient's dtype)
+    h_dtype: torch.dtype  # dtype h computes in
+    grad_dtypes: list[torch.dtype]  # dtype of each gradient sent back
+    native: bool  # GAL computes in another dtype than the outputs' (see StepMath.grads)
+    stack: bool  # h is a LinearStack with a trainable flat parameter
 
 
 def _as_list(outputs: Outputs) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
@@ -228,16 +234,15 @@ def _tentative(
     """Steps 2-4 of the module docstring: the adjustment, the tentative step and h's objective.
 
     Returns ``(adj, loss1, remainder, objective, ok)``; ``objective`` carries the graph to h's
-    parameters, ``ok`` is False on any fault (zero or non-finite a_i, non-finite g or loss).
+    parameters. ``ok`` is one finiteness test of the objective, which covers every fault: a
+    zero or non-finite a_i makes a_i NaN (0/0, inf/inf), hence ``<delta, g>`` (NaN * 0 is NaN);
+    a non-finite g, loss0 or loss1 reaches it directly.
     """
     adj: list[Tensor] = []
-    checks: list[Tensor] = [loss0]
     for x, gi, d in zip(x0, g, spec.dims, strict=True):
         a = _apply_h(h, x, d, spec.h_dtype)
-        a_norm = torch.linalg.vector_norm(a, dim=d, keepdim=True)
         g_norm = torch.linalg.vector_norm(gi, dim=d, keepdim=True)
-        # a zero or non-finite a_i makes this NaN; the step then falls back (in _decide)
-        ai = spec.ratio * g_norm * (a / a_norm)
+        ai = a * (spec.ratio * g_norm / torch.linalg.vector_norm(a, dim=d, keepdim=True))
         if spec.normalize == "batch" and x.ndim > 1:
             others = [k for k in range(x.ndim) if k != d]
             sum_a = torch.linalg.vector_norm(ai.sum(others))
@@ -245,94 +250,110 @@ def _tentative(
             # shrink only (factor <= 1); a zero sum of adjustments needs no shrinking
             ai = ai * torch.where(sum_a > 0, spec.ratio * sum_g / sum_a, 1.0).clamp(max=1.0)
         adj.append(ai)
-        checks += [a_norm.sum() + g_norm.sum(), (a_norm > 0).all().to(a_norm.dtype).log()]
-    # one finiteness test for all: loss, every norm (a sum is finite iff its terms are, up to
-    # overflow, which is a fault too) and log(1) = 0 / log(0) = -inf for a zero a_i
-    ok = torch.isfinite(_total(checks))
     delta = [eta * (gi + ai) for gi, ai in zip(g, adj, strict=True)]
     inner = _total([(di * gi).sum() for di, gi in zip(delta, g, strict=True)])
     loss1 = _scalar_loss(loss_of([x - di for x, di in zip(x0, delta, strict=True)]))
-    remainder = loss1 - loss0 + inner
-    first = inner / spec.mean_divisor if spec.first_order == "mean" else inner
-    objective = (loss1 + first - loss0).abs()
-    ok = ok & torch.isfinite(loss1)  # NaN adjustments (faults) reach loss1 too
-    return adj, loss1, remainder, objective, ok
+    signed = loss1 + (inner / spec.mean_divisor if spec.first_order == "mean" else inner) - loss0
+    remainder = signed.detach() if spec.first_order == "sum" else loss1.detach() - loss0 + inner.detach()
+    objective = signed.abs()
+    return adj, loss1, remainder, objective, torch.isfinite(objective)
 
 
 def _decide(
-    g: list[Tensor], adj: list[Tensor], raw: Sequence[Tensor | None], params: Sequence[Tensor],
-    loss0: Tensor, loss1: Tensor, ok: Tensor, spec: _Spec, g_native: list[Tensor] | None = None,
-) -> tuple[list[Tensor], Tensor, Tensor]:
-    """Step 5: the chosen gradient per output, h's gradient as one flat buffer (zero on a
-    fault: a single masking op, and a single all-reduce under DDP), and ``accepted``.
-
-    ``g_native``: the plain gradient computed in the outputs' own precision (when GAL's
-    arithmetic runs in another dtype), so that a rejected step, or ``ratio=0``, sends back
-    bit for bit what ``loss.backward()`` would."""
-    if params:
-        parts = [(torch.zeros_like(p) if r is None else r).reshape(-1) for p, r in zip(params, raw, strict=True)]
-        flat = torch.where(ok, torch.cat(parts), 0.0)
-    else:  # a frozen h
-        flat = loss0.new_zeros(0)
+    g: list[Tensor], adj: list[Tensor], loss0: Tensor, loss1: Tensor, objective: Tensor, ok: Tensor, spec: _Spec
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """Step 5: the gradient to send per output (see :class:`StepMath`), ``accepted``,
+    ``at_rounding`` and ``fallback``. ``g + 0`` is ``g``: a rejected step, or ``ratio=0``,
+    sends back bit for bit what ``loss.backward()`` would."""
     accepted = ok & (loss1 <= loss0) if spec.accept == "decrease" else ok
-    if g_native is None:
-        chosen = [
-            torch.where(accepted, gi + ai.detach(), gi).to(dt) for gi, ai, dt in zip(g, adj, spec.out_dtypes, strict=True)
-        ]
+    sent = [torch.where(accepted, ai.detach(), 0.0) for ai in adj]
+    if spec.native:
+        grads = [s.to(dt) for s, dt in zip(sent, spec.grad_dtypes, strict=True)]
     else:
-        chosen = [
-            torch.where(accepted, gn + ai.detach().to(gn.dtype), gn).to(dt)
-            for gn, ai, dt in zip(g_native, adj, spec.out_dtypes, strict=True)
-        ]
-    return chosen, flat, accepted
+        grads = [(gi + s).to(dt) for gi, s, dt in zip(g, sent, spec.grad_dtypes, strict=True)]
+    at_rounding = ok & (objective.detach() <= 4 * torch.finfo(objective.dtype).eps * loss0.abs())
+    return grads, accepted, at_rounding, ~ok
+
+
+def _h_call(h: nn.Module, gated: Sequence[Tensor], spec: _Spec) -> Callable[[Tensor], Any]:
+    """h with its trainable parameters replaced by ``gated`` (:meth:`LinearStack.parts` of its
+    flat parameter, or the parameters themselves)."""
+    if spec.stack:
+        return lambda v: h(v, parts=gated)
+    if not gated:
+        return h
+    names = [n for n, p in h.named_parameters() if p.requires_grad]
+    return lambda v: torch.func.functional_call(h, dict(zip(names, gated, strict=True)), (v,))
 
 
 def _eager_math(
     h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor],
-    eta: float | Tensor, spec: _Spec, native: list[Tensor] | None = None,
+    eta: float | Tensor, spec: _Spec, world: int,
 ) -> StepMath:
-    """The reference driver: plain autograd, one op at a time. ``native``: the outputs in
-    their own precision when ``work`` is in another dtype (see :func:`_decide`)."""
+    """The reference driver: plain autograd, one op at a time. h's gradient is left to the
+    step's final backward call, through :class:`_Gate`."""
+    box: list[Any] = [None, world]
+    stack_views = lambda ps: h.parts(ps[0].detach().to(spec.h_dtype))  # noqa: E731
+    gated = _Gate.apply(box, stack_views if spec.stack else _Gate.aliases, *params) if params else ()
     with torch.enable_grad():
-        g_native = None
-        if native is not None:
-            xn = [x.requires_grad_(True) for x in native]
-            g_native = list(torch.autograd.grad(_scalar_loss(loss_of(xn)), xn, allow_unused=True))
-            g_native = [torch.zeros_like(x) if gi is None else gi for x, gi in zip(xn, g_native, strict=True)]
         x0 = [w.requires_grad_(True) for w in work]
         loss0 = _scalar_loss(loss_of(x0))
         grads = torch.autograd.grad(loss0, x0, allow_unused=True)
         g = [torch.zeros_like(x) if gi is None else gi for x, gi in zip(x0, grads, strict=True)]
-        x0 = [x.detach() for x in x0]
         loss0 = loss0.detach()
-        adj, loss1, remainder, objective, ok = _tentative(h, x0, g, loss0, loss_of, eta, spec)
-        raw = torch.autograd.grad(objective, params, allow_unused=True) if params else ()
-    chosen, flat, accepted = _decide(g, adj, raw, params, loss0, loss1, ok, spec, g_native)
-    return StepMath(chosen, flat, g, loss0, loss1.detach(), remainder.detach(), objective.detach(), ok, accepted)
+        adj, loss1, remainder, objective, ok = _tentative(
+            _h_call(h, gated, spec), [x.detach() for x in x0], g, loss0, loss_of, eta, spec
+        )
+    sent, accepted, at_rounding, fallback = _decide(g, adj, loss0, loss1, objective, ok, spec)
+    box[0] = fallback
+    return StepMath(sent, g, loss0, loss1.detach(), remainder, objective, accepted, at_rounding, fallback, None)
 
 
 def _fused_math(
-    h: nn.Module, work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor], eta: float | Tensor, spec: _Spec,
-    native: list[Tensor] | None = None,
+    h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor],
+    eta: float | Tensor, spec: _Spec,
 ) -> StepMath:
-    """The fast driver: the same step written with ``torch.func`` transforms, so that
-    ``torch.compile`` can trace all of it (both loss gradients and h's gradient) into one graph."""
-    params = {n: p.detach() for n, p in h.named_parameters() if p.requires_grad}
-    g_native = None if native is None else torch.func.grad(lambda z: _scalar_loss(loss_of(z)))(native)
+    """The fast driver: the same step written with ``torch.func`` transforms (the plain
+    gradient and h's gradient), so that ``torch.compile`` traces all of it into one graph."""
     g, loss0 = torch.func.grad_and_value(lambda z: _scalar_loss(loss_of(z)))(work)
 
-    def objective_of(p: dict[str, Tensor]) -> tuple[Tensor, tuple[Any, ...]]:
-        def h_call(v: Tensor) -> Any:
-            return torch.func.functional_call(h, p, (v,))
-
-        adj, loss1, remainder, objective, ok = _tentative(h_call, work, g, loss0, loss_of, eta, spec)
-        return objective, (adj, loss1, remainder, objective, ok)
+    def objective_of(ps: list[Tensor]) -> tuple[Tensor, tuple[Any, ...]]:
+        views = h.parts(ps[0].to(spec.h_dtype)) if spec.stack else ps
+        out = _tentative(_h_call(h, views, spec), work, g, loss0, loss_of, eta, spec)
+        return out[3], out
 
     raw, (adj, loss1, remainder, objective, ok) = torch.func.grad(objective_of, has_aux=True)(params)
-    chosen, flat, accepted = _decide(
-        g, adj, list(raw.values()), list(params.values()), loss0, loss1, ok, spec, g_native
-    )
-    return StepMath(chosen, flat, g, loss0, loss1, remainder, objective, ok, accepted)
+    sent, accepted, at_rounding, fallback = _decide(g, adj, loss0, loss1, objective, ok, spec)
+    h_grad = torch.where(fallback, 0.0, raw[0].reshape(-1) if len(raw) == 1 else torch.cat([r.reshape(-1) for r in raw]))
+    return StepMath(sent, g, loss0, loss1, remainder, objective, accepted, at_rounding, fallback, h_grad)
+
+
+class _Gate(torch.autograd.Function):
+    """h's trainable parameters as ``views(params)`` (for :class:`LinearStack`, its layers'
+    parts in GAL's compute dtype; else the parameters themselves), made inside the forward, so
+    that the step's graph has no node for them. The backward (h's gradient from the objective,
+    in the step's final backward call) zeroes that gradient on a faulty step and, under
+    torch.distributed, averages it over the ranks: one mask and one all-reduce over all of h's
+    gradient as one buffer. ``box`` is ``[fallback, world size]``, filled in once known."""
+
+    @staticmethod
+    def aliases(params: Sequence[Tensor]) -> list[Tensor]:
+        return [p.detach() for p in params]
+
+    @staticmethod
+    def forward(ctx: Any, box: list[Any], views: Callable[..., Sequence[Tensor]], *params: Tensor) -> tuple[Tensor, ...]:
+        ctx.box, ctx.params = box, [(p.shape, p.dtype) for p in params]
+        return tuple(views(params))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        fallback, world = ctx.box
+        flat = torch.where(fallback, 0.0, torch.cat([t.reshape(-1) for t in grads]))
+        if world > 1:
+            dist.all_reduce(flat)
+            flat = flat / world
+        parts = flat.split([shape.numel() for shape, _ in ctx.params])
+        return None, None, *(t.view(shape).to(dtype) for t, (shape, dtype) in zip(parts, ctx.params, strict=True))
 
 
 def _config(config: GALConfig | None, given: dict[str, Any], who: str) -> GALConfig:
@@ -345,11 +366,16 @@ def _config(config: GALConfig | None, given: dict[str, Any], who: str) -> GALCon
 
 
 class _Pending(NamedTuple):
-    """A computed step not yet committed to the counters (committed once the call succeeds)."""
+    """A computed step not yet committed to the counters (committed once the call succeeds).
 
-    chosen: list[Tensor]
-    h_params: list[Tensor]
-    h_grads: list[Tensor]
+    ``torch.autograd.backward(roots, grads)`` applies it: the chosen gradient into the model
+    (through the outputs' graph) and h's gradient into h (through :class:`_Gate`), in one call.
+    ``value``: the loss at the outputs (what a surrogate's value is)."""
+
+    roots: list[Tensor]
+    grads: list[Tensor | None]
+    value: Tensor
+    objective: Tensor | None  # with its graph to h, when h has trainable parameters (a root too)
     record: GALStep
     at_rounding: Tensor  # bool: h's objective was at the rounding level (h learns nothing)
 
@@ -376,7 +402,7 @@ class _GALCore(nn.Module):
             with torch.random.fork_rng(devices=[], enabled=config.seed is not None):
                 if config.seed is not None:
                     torch.manual_seed(config.seed)
-                h = make_adjuster(output_dim, hidden, config.activation)
+                h = LinearStack(*make_adjuster(output_dim, hidden, config.activation))
         self.h = h
         for name in ("num_steps", "num_accepted", "num_fallbacks"):
             self.register_buffer(name, torch.zeros((), dtype=torch.int64))
@@ -464,25 +490,28 @@ class _GALCore(nn.Module):
     ) -> _Pending:
         """Run one GAL step at the points ``xs``; change no state (see :meth:`_commit`)."""
         _check_lr(lr)
-        eta = lr * self.config.scale
-        h_params = self._h_params()
-        h_dtype = h_params[0].dtype if h_params else next((p.dtype for p in self.h.parameters()), xs[0].dtype)
+        c, h = self.config, self.h
+        eta = lr * c.scale
+        if isinstance(h, LinearStack):
+            params = [h.flat] if h.flat.requires_grad else []
+        else:
+            params = [p for p in h.parameters() if p.requires_grad]
         work = [x.detach().to(self._work_dtype(x)) for x in xs]
-        # the plain gradient in the outputs' own precision (half: float32, as autocast would),
-        # when GAL computes in another dtype: a rejected step then sends back exactly what
-        # loss.backward() would (one more loss evaluation, B x C sized)
+        # the outputs' own precision (half: float32, as autocast would): when GAL computes in
+        # another dtype, the plain gradient comes from the loss at the outputs themselves, in
+        # the final backward call, so that a rejected step sends back exactly what
+        # loss.backward() would
         native_dt = [torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype for x in xs]
-        native = (
-            None if all(w.dtype == dt for w, dt in zip(work, native_dt, strict=True))
-            else [x.detach().to(dt) for x, dt in zip(xs, native_dt, strict=True)]
-        )
-        device_type = work[0].device.type
-        c = self.config
+        native = any(w.dtype != dt for w, dt in zip(work, native_dt, strict=True))
+        stack = isinstance(h, LinearStack) and bool(params)  # h's parts in the compute dtype
+        h_dtype = work[0].dtype if stack else (params[0] if params else next(h.parameters(), xs[0])).dtype
         spec = _Spec(
-            dims, mean_divisor, c.ratio, c.first_order, c.accept, c.normalize, h_dtype, [x.dtype for x in xs]
-        )
-        fused = self._fused_fn() if h_params else None
-        with _no_autocast(device_type):
+            dims, mean_divisor, c.ratio, c.first_order, c.accept, c.normalize, h_dtype,
+            native_dt if native else [x.dtype for x in xs], native, stack,
+        )  # fmt: skip
+        world = dist.get_world_size() if c.sync_distributed and dist.is_available() and dist.is_initialized() else 1
+        fused = self._fused_fn() if params else None
+        with _no_autocast(work[0].device.type):
             out: StepMath | None = None
             if fused is not None:
                 # a tensor, so that a new lr is a new input value, not a recompile. Shape (1,) on
@@ -493,12 +522,12 @@ class _GALCore(nn.Module):
                     else torch.full((1,), float(eta), dtype=work[0].dtype, device=work[0].device)
                 )
                 try:
-                    out = fused(self.h, work, loss_of, eta_t, spec, native)
+                    out = fused(h, [p.detach() for p in params], work, loss_of, eta_t, spec)  # no outer graph
                 except Exception as err:  # noqa: BLE001 - any compiler failure; user errors re-raise below
                     # the fused function has no side effects: run the eager step, which raises
                     # the caller's own errors (bad loss, wrong h) as usual; if it succeeds the
                     # failure was the compiler's, so warn once and stay eager
-                    out = _eager_math(self.h, h_params, work, loss_of, eta, spec, native)
+                    out = _eager_math(h, params, work, loss_of, eta, spec, world)
                     warnings.warn(
                         f"GAL.compile(): the compiled step failed ({type(err).__name__}: {err}); "
                         "GAL runs its eager step from now on",
@@ -507,40 +536,50 @@ class _GALCore(nn.Module):
                     )
                     self.uncompile()
             if out is None:
-                out = _eager_math(self.h, h_params, work, loss_of, eta, spec, native)
-
-        flat = out.h_grad
-        h_grads: list[Tensor] = []
-        if h_params:
-            if c.sync_distributed and dist.is_available() and dist.is_initialized():
-                world = dist.get_world_size()
+                out = _eager_math(h, params, work, loss_of, eta, spec, world)
+            roots: list[Tensor] = []
+            grads: list[Tensor | None] = []
+            points, value = xs, out.loss0
+            if native:  # the loss at the outputs, whose gradient the final call adds to out.grads
+                with torch.enable_grad():
+                    points = [x.to(dt) for x, dt in zip(xs, native_dt, strict=True)]
+                    value = _scalar_loss(loss_of(points))
+                if value.requires_grad:
+                    roots, grads = [value], [None]
+            roots += [x for x in points if x.requires_grad]
+            grads += [s for x, s in zip(points, out.grads, strict=True) if x.requires_grad]
+            objective = None
+            if out.h_grad is not None:  # compiled: h's gradient is a tensor, masked already
+                h_grad = out.h_grad
                 if world > 1:
-                    dist.all_reduce(flat)
-                    flat = flat / world
-            h_grads = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in h_params]), h_params, strict=True)]
+                    dist.all_reduce(h_grad)
+                    h_grad = h_grad / world
+                roots += params
+                grads += [t.view_as(p) for t, p in zip(h_grad.split([p.numel() for p in params]), params, strict=True)]
+            elif out.objective.requires_grad:  # eager: through _Gate
+                objective = out.objective
+                roots.append(objective)
+                grads.append(None)
 
-        plain = None
-        if c.track_plain:
-            with torch.no_grad(), _no_autocast(device_type):
-                loss_p = _scalar_loss(loss_of([x - eta * gi for x, gi in zip(work, out.g, strict=True)]))
-                sq = _total([(gi * gi).sum() for gi in out.g])
-                plain = loss_p - out.loss0 + eta * sq
+            plain = None
+            if c.track_plain:
+                with torch.no_grad():
+                    loss_p = _scalar_loss(loss_of([x - eta * gi for x, gi in zip(work, out.g, strict=True)]))
+                    sq = _total([(gi * gi).sum() for gi in out.g])
+                    plain = loss_p - out.loss0 + eta * sq
 
         record = GALStep(
             loss=out.loss0,
             tentative_loss=out.loss1,
             remainder=out.remainder,
-            objective=out.objective,
+            objective=out.objective.detach(),
             accepted=out.accepted,
-            fallback=~out.ok,
+            fallback=out.fallback,
             remainder_plain=plain,
         )
-        if h_params:
-            resolution = 4 * torch.finfo(out.objective.dtype).eps
-            at_rounding = out.ok & (out.objective <= resolution * out.loss0.abs())
-        else:  # a frozen h learns nothing by design
-            at_rounding = torch.zeros_like(out.ok)
-        return _Pending(out.chosen, h_params, h_grads, record, at_rounding)
+        # a frozen h learns nothing by design: never at the rounding level
+        at_rounding = out.at_rounding if params else torch.zeros_like(out.accepted)
+        return _Pending(roots, grads, value.detach(), objective, record, at_rounding)
 
     def _commit(self, step: _Pending) -> GALStep:
         """The call succeeded: count it, keep its record, watch for an objective at rounding level."""
@@ -645,9 +684,6 @@ class _GALCore(nn.Module):
         state["_rounding_pending"] = None
         return state
 
-    def _h_params(self) -> list[Tensor]:
-        return [p for p in self.h.parameters() if p.requires_grad]
-
     @staticmethod
     def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
         """``.grad += grad`` as ``backward()`` does."""
@@ -656,14 +692,6 @@ class _GALCore(nn.Module):
                 p.grad = gp.detach().to(p.dtype, copy=True)  # its own memory, not a view of a flat buffer
             else:
                 p.grad.add_(gp.to(p.grad.dtype))
-
-    @staticmethod
-    def _h_term(params: list[Tensor], h_grads: list[Tensor]) -> Tensor | None:
-        """A zero-valued scalar whose gradient w.r.t. h's parameters ``params`` is ``h_grads``."""
-        if not params:
-            return None
-        term = _total([(p * gp.detach()).sum() for p, gp in zip(params, h_grads, strict=True)])
-        return term - term.detach()
 
 
 class GAL(_GALCore):
@@ -758,10 +786,8 @@ class GAL(_GALCore):
         Returns:
             A :class:`GALStep` of 0-d tensors.
         """
-        xs, step = self._run(outputs, loss_fn, lr)
-        pairs = [(x, c) for x, c in zip(xs, step.chosen, strict=True) if x.requires_grad]
-        # one engine call: through the model's graph, and straight into h's leaves
-        torch.autograd.backward([*(x for x, _ in pairs), *step.h_params], [*(c for _, c in pairs), *step.h_grads])
+        _, step = self._run(outputs, loss_fn, lr)
+        torch.autograd.backward(step.roots, step.grads)  # one engine call: the model and h
         return self._commit(step)
 
     def surrogate(self, outputs: Outputs, loss_fn: LossFn, lr: float | Tensor) -> Tensor:
@@ -774,14 +800,12 @@ class GAL(_GALCore):
         plain one. The step's record is in :attr:`last_step`.
         """
         xs, step = self._run(outputs, loss_fn, lr)
-        dtype = torch.promote_types(torch.promote_types(xs[0].dtype, torch.float32), step.record.loss.dtype)
-        dtype = torch.float32 if dtype == torch.float64 and xs[0].dtype != torch.float64 else dtype
-        link = _total(
-            [(x.to(dtype) * c.detach().to(dtype)).sum() for x, c in zip(xs, step.chosen, strict=True) if x.requires_grad]
-        )
-        value = step.record.loss.detach().to(dtype) + (link - link.detach())
-        h_term = self._h_term(step.h_params, step.h_grads)
-        out = value if h_term is None else value + h_term.to(dtype)
+        dtype = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
+        terms = [r if g is None else (r.to(dtype) * g.to(dtype)).sum() for r, g in zip(step.roots, step.grads, strict=True)]
+        if step.objective is not None:  # NaN on a faulty step: keep it out of the value
+            terms[-1] = torch.where(step.record.fallback, 0.0, step.objective)
+        link = _total([t.to(dtype) for t in terms])
+        out = step.value.to(dtype) + (link - link.detach())
         self._commit(step)
         return out
 
@@ -859,14 +883,14 @@ class ParamGAL(_GALCore):
         targets: list[Tensor] = self._targets  # type: ignore[has-type]
         names: list[str] | None = self._names  # type: ignore[has-type]
         sizes = [p.numel() for p in targets]
-        flat = torch.cat([p.detach().reshape(-1).to(self._flat_dtype) for p in targets])
+        flat = torch.cat([p.detach().reshape(-1).to(self._flat_dtype) for p in targets]).requires_grad_(True)
 
         def loss_of(z: list[Tensor]) -> Tensor:
             parts = [t.view(p.shape) for t, p in zip(z[0].split(sizes), targets, strict=True)]
             return loss_fn(dict(zip(names, parts, strict=True)) if names is not None else parts)
 
         step = self._compute([flat], [0], flat.numel(), loss_of, lr)
-        chosen = [c.view(p.shape) for c, p in zip(step.chosen[0].split(sizes), targets, strict=True)]
-        self._accumulate(targets, chosen)
-        self._accumulate(step.h_params, step.h_grads)
+        torch.autograd.backward(step.roots, step.grads)  # into flat.grad and h
+        grad = torch.zeros_like(flat) if flat.grad is None else flat.grad
+        self._accumulate(targets, [c.view(p.shape) for c, p in zip(grad.split(sizes), targets, strict=True)])
         return self._commit(step)
