@@ -120,16 +120,17 @@ class LinearStack(nn.Sequential):
         return [m for m in self if isinstance(m, nn.Linear)]
 
     def parts(self, flat: Tensor) -> list[Tensor]:
-        """``[W0.T, b0, W1.T, b1, ...]`` as views of ``flat``, shaped ``(in, out)`` and ``(1, out)``."""
-        chunks = flat.split([n for i, o in self._dims for n in (i * o, o)])
-        return [t.view(-1, o) for t, o in zip(chunks, (o for _, o in self._dims for _ in "wb"), strict=True)]
+        """``[W0.T, b0, W1.T, b1, ...]`` as views of ``flat``, shaped ``(in, out)`` and ``(out,)``."""
+        parts = list(flat.split_with_sizes([n for i, o in self._dims for n in (i * o, o)]))
+        parts[0::2] = [w.view(i, o) for w, (i, o) in zip(parts[0::2], self._dims, strict=True)]
+        return parts
 
     def _link(self) -> None:
         """Point every layer's ``weight`` / ``bias`` at its part of :attr:`flat` (no graph)."""
         with torch.no_grad():
             parts = self.parts(self.flat)
             for m, w, b in zip(self._linears(), parts[0::2], parts[1::2], strict=True):
-                m.weight, m.bias = w.t(), b[0]
+                m.weight, m.bias = w.t(), b
 
     def forward(self, x: Tensor, parts: Sequence[Tensor] | None = None) -> Tensor:
         """h on the last dimension of ``x``; ``parts`` stand in for :meth:`parts` of :attr:`flat`
@@ -139,7 +140,7 @@ class LinearStack(nn.Sequential):
         layers = z.shape[0] * sum(i * o for i, o in self._dims)
         product = sum(c_in * i * o for i, o in self._dims[1:]) + z.shape[0] * c_in * self._dims[-1][1]
         if self._affine and layers - product > (COLLAPSE_CPU if x.device.type == "cpu" else COLLAPSE_OTHER):
-            m, c = parts[0], parts[1]
+            m, c = parts[0], parts[1].view(1, -1)
             for w, b in zip(parts[2::2], parts[3::2], strict=True):
                 m, c = m @ w, torch.addmm(b, c, w)
             z = torch.addmm(c, z, m)

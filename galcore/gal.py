@@ -144,6 +144,10 @@ def _as_list(outputs: Outputs) -> tuple[list[Tensor], Callable[[list[Tensor]], A
     raise TypeError(f"outputs must be a tensor or a non-empty list/tuple of tensors, got {type(outputs).__name__}")
 
 
+def _clone(v: Any) -> Any:
+    return v.clone() if isinstance(v, Tensor) else [_clone(t) for t in v] if isinstance(v, list) else v
+
+
 def _check_lr(lr: float | Tensor) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1 or not lr.is_floating_point():
@@ -179,7 +183,7 @@ def _scalar_loss(value: Any) -> Tensor:
         )
     if not value.is_floating_point():
         raise TypeError(f"loss_fn must return a floating-point loss, got {value.dtype}")
-    return value.reshape(())
+    return value if value.ndim == 0 else value.reshape(())
 
 
 def _require_graph(xs: list[Tensor]) -> None:
@@ -271,7 +275,7 @@ def _decide(
         grads = [s.to(dt) for s, dt in zip(sent, spec.grad_dtypes, strict=True)]
     else:
         grads = [(gi + s).to(dt) for gi, s, dt in zip(g, sent, spec.grad_dtypes, strict=True)]
-    at_rounding = ok & (objective.detach() <= 4 * torch.finfo(objective.dtype).eps * loss0.abs())
+    at_rounding = ok & (objective <= 4 * torch.finfo(objective.dtype).eps * loss0.abs())
     return grads, accepted, at_rounding, ~ok
 
 
@@ -352,7 +356,9 @@ class _Gate(torch.autograd.Function):
         if world > 1:
             dist.all_reduce(flat)
             flat = flat / world
-        parts = flat.split([shape.numel() for shape, _ in ctx.params])
+        if len(ctx.params) == 1:  # a LinearStack's flat parameter
+            return None, None, flat.to(ctx.params[0][1])
+        parts = flat.split_with_sizes([shape.numel() for shape, _ in ctx.params])
         return None, None, *(t.view(shape).to(dtype) for t, (shape, dtype) in zip(parts, ctx.params, strict=True))
 
 
@@ -523,6 +529,8 @@ class _GALCore(nn.Module):
                 )
                 try:
                     out = fused(h, [p.detach() for p in params], work, loss_of, eta_t, spec)  # no outer graph
+                    if "reduce-overhead" in str(self._compile_options.get("mode")):  # CUDA graphs reuse
+                        out = StepMath(*(_clone(v) for v in out))  # their output memory on the next step
                 except Exception as err:  # noqa: BLE001 - any compiler failure; user errors re-raise below
                     # the fused function has no side effects: run the eager step, which raises
                     # the caller's own errors (bad loss, wrong h) as usual; if it succeeds the
@@ -555,7 +563,8 @@ class _GALCore(nn.Module):
                     dist.all_reduce(h_grad)
                     h_grad = h_grad / world
                 roots += params
-                grads += [t.view_as(p) for t, p in zip(h_grad.split([p.numel() for p in params]), params, strict=True)]
+                parts = [h_grad] if len(params) == 1 else h_grad.split_with_sizes([p.numel() for p in params])
+                grads += [t.view_as(p) for t, p in zip(parts, params, strict=True)]
             elif out.objective.requires_grad:  # eager: through _Gate
                 objective = out.objective
                 roots.append(objective)
@@ -584,13 +593,10 @@ class _GALCore(nn.Module):
     def _commit(self, step: _Pending) -> GALStep:
         """The call succeeded: count it, keep its record, watch for an objective at rounding level."""
         record = step.record
-        with torch.no_grad():
-            self.num_steps.add_(1)
-            self.num_accepted.add_(record.accepted)
-            self.num_fallbacks.add_(record.fallback)
-            self._rounding_count.add_(step.at_rounding)
-        self.last_step = record
-        self._steps_here += 1
+        counts = [self.num_steps, self.num_accepted, self.num_fallbacks, self._rounding_count]
+        torch._foreach_add_(counts, [step.at_rounding | True, record.accepted, record.fallback, step.at_rounding])
+        self.__dict__["last_step"] = record  # plain attributes (not nn.Module.__setattr__: hot path)
+        self.__dict__["_steps_here"] = self._steps_here + 1
         if not self._rounding_warned and self._steps_here % ZERO_OBJECTIVE_STEPS == 0:
             self._watch_rounding()
         return record

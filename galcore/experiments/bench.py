@@ -79,6 +79,11 @@ class ReleaseRunner(StepRunner):
     def step(self, x: Tensor, y: Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
         out = self.model(x)
+        out.backward(self._release_gal(out, y))
+        self.opt.step()
+
+    def _release_gal(self, out: Tensor, y: Tensor) -> Tensor:
+        """The release's GAL part, from the outputs to the gradient it sends back."""
         eta = self.opt.param_groups[0]["lr"] * self.scale
         x0 = torch.tensor(out.detach().cpu().numpy(), device=out.device, requires_grad=True)
         loss0 = self.loss_fn(x0, y)
@@ -90,22 +95,17 @@ class ReleaseRunner(StepRunner):
         delta = (g + a) * eta
         loss1 = self.loss_fn(x0 - delta, y)
         torch.abs(loss1 + (delta * g).sum(1).mean() - loss0_value).backward()
-        out.backward(g.data + a.data if loss1.item() <= loss0.item() else g.data)
-        self.opt.step()
+        return g.data + a.data if loss1.item() <= loss0.item() else g.data
 
 
 class ReferenceRunner(ReleaseRunner):
     """The same step through :func:`galcore.reference.reference_step` (the tests' oracle: the
     algorithm alone, without the release's host copies and extra gradients)."""
 
-    def step(self, x: Tensor, y: Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        out = self.model(x)
+    def _release_gal(self, out: Tensor, y: Tensor) -> Tensor:
         eta = self.opt.param_groups[0]["lr"]
-        chosen, _, _ = reference_step(out, lambda o: self.loss_fn(o, y), self.h, eta, ratio=self.ratio,
-                                      scale=self.scale, first_order="mean")
-        out.backward(chosen)
-        self.opt.step()
+        return reference_step(out, lambda o: self.loss_fn(o, y), self.h, eta, ratio=self.ratio, scale=self.scale,
+                              first_order="mean")[0]
 
 
 def _sync(device: torch.device) -> None:
