@@ -64,7 +64,13 @@ from torch import nn
 
 import galcore
 from galcore.experiments.bench import (
-    CLOCKS, ReferenceRunner, ReleaseRunner, StepRunner, quantile, step_peak_bytes, time_steps,
+    CLOCKS,
+    ReferenceRunner,
+    ReleaseRunner,
+    StepRunner,
+    quantile,
+    step_peak_bytes,
+    time_steps,
 )  # fmt: skip
 from galcore.experiments.results import results_dir
 

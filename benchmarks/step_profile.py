@@ -1,6 +1,6 @@
 """Where the time of one GAL step goes: a per-phase CPU-time breakdown, against the standard step.
 
-    python benchmarks/step_profile.py --threads 1 --models mlp,cnn            # eager, compiled, release
+    python benchmarks/step_profile.py --threads 1 --models mlp,cnn --readme README.md   # the README's profile
     python benchmarks/step_profile.py --models mlp --variants gal --ops 25    # plus torch.profiler's top ops
 
 Each variant of ``benchmarks/step_overhead.py`` (same models, weights, h and settings) runs
@@ -28,16 +28,19 @@ costs per step.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from step_overhead import MODELS, make_runners
 
 import galcore.gal as gal_module
-from step_overhead import MODELS, make_runners
 
 PHASES = ("forward", "gal: arithmetic", "gal: other", "backward", "gal: commit", "optimizer", "release: gal", "rest")
 
@@ -116,6 +119,27 @@ def op_table(runner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], rows
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def markdown(results: dict[str, dict[str, dict[str, float]]], threads: int, steps: int, command: str) -> str:
+    """One table per model: microseconds per step of each phase, and what each variant adds."""
+    out = []
+    for name, res in results.items():
+        variants = list(res)
+        out.append(f"{MODELS[name][4]}: CPU microseconds per step (median), and what each adds to the standard step")
+        out.append("")
+        out.append("| phase | " + " | ".join(variants) + " | " + " | ".join(f"+{v}" for v in variants[1:]) + " |")
+        out.append("|---|" + "---|" * (2 * len(variants) - 1))
+        for phase in (*PHASES, "total"):
+            cells = [f"{res[v].get(phase, 0.0):.0f}" for v in variants]
+            cells += [f"{res[v].get(phase, 0.0) - res['standard'].get(phase, 0.0):+.0f}" for v in variants[1:]]
+            if any(res[v].get(phase, 0.0) for v in variants):
+                out.append(f"| {phase} | " + " | ".join(cells) + " |")
+        out.append("| ratio | " + " | ".join(f"{res[v]['total'] / res['standard']['total']:.2f}" for v in variants)
+                   + " |" + " |" * (len(variants) - 1))
+        out.append("")
+    out.append(f"_{threads} thread(s), {steps} steps per variant, process CPU time; written by `{command}`._")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mlp,cnn", help=f"comma-separated subset of {','.join(MODELS)}")
@@ -124,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--ops", type=int, default=0, help="also print torch.profiler's top N operators per variant")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--readme", type=Path, default=None, help="rewrite the text between this file's speed:profile markers")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = ("standard", *(v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "standard"))
@@ -146,6 +171,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
             for key in variants:
                 print(f"\n{name} / {key}: torch.profiler, 10 steps")
                 print(op_table(runners[key], batches, args.ops))
+    if args.readme is not None:
+        command = "python benchmarks/step_profile.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        begin, end = "<!-- speed:profile:begin -->", "<!-- speed:profile:end -->"
+        text = args.readme.read_text()
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
+        if not pattern.search(text):
+            raise SystemExit(f"--readme: {args.readme} has no {begin} ... {end} block")
+        table = markdown(results, args.threads, args.steps, command)
+        args.readme.write_text(pattern.sub(lambda _: f"{begin}\n{table}\n{end}", text, count=1))
+        print(f"rewrote the profile in {args.readme}")
     return results
 
 

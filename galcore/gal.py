@@ -14,15 +14,15 @@ One GAL step on a point x (a batch of model outputs, or a parameter vector) with
 5. The gradient sent back is ``g + a`` when the step is accepted (``accept="decrease"``:
    ``loss1 <= loss0``; ``accept="always"``), else ``g``.
 
-Two drivers run that arithmetic: :func:`_eager_math`, plain autograd one op at a time (the
-reference every user starts with), and :func:`_fused_math`, the same functions written with
-``torch.func`` so that :meth:`GAL.compile` can hand all of it to ``torch.compile`` (the fast
-path). Both call :func:`_tentative` and :func:`_decide`, so the maths is written once.
+Two drivers run that arithmetic: :func:`_eager_math`, plain autograd (the reference every
+user starts with; h's gradient flows through :class:`_Gate` in the step's one final backward
+call), and :func:`_fused_math`, the same functions with ``torch.func`` so that
+:meth:`GAL.compile` hands all of it to ``torch.compile`` (the fast path). Both call
+:func:`_tentative` and :func:`_decide`, so the maths is written once.
 
 Faults (a zero or non-finite h output, a non-finite gradient or loss) fall back to ``g``, give
 h no update for that step, and are counted in ``num_fallbacks``. Nothing in a step reads a
-value back to the host: decisions are tensors (``torch.where``), so the step does not
-synchronise a GPU. A call that raises changes no counter and no record.
+value back to the host (decisions are tensors), and a call that raises changes no counter.
 
 Why ``"sum"`` is the default: L is already the batch mean, so ``L(x - delta) - L(x)`` is
 matched to first order by ``<g, delta>`` summed over the whole batch; the release's mean over
@@ -48,6 +48,7 @@ from galcore.config import Accept, FirstOrder, GALConfig, Normalize
 
 Outputs = Tensor | Sequence[Tensor]
 LossFn = Callable[[Any], Tensor]
+LossOf = Callable[[list[Tensor]], Tensor]
 
 __all__ = ["GAL", "GALStep", "ParamGAL"]
 
@@ -93,15 +94,10 @@ class GALStep:
 
 
 class StepMath(NamedTuple):
-    """What the step's arithmetic returns (both drivers). Tensors; nothing read to the host.
-
-    ``grads``: the gradient to send at each output: ``g + sent`` in the output's dtype, or, when
-    GAL computes in another dtype than the outputs', only ``sent`` (``loss.backward()``'s own
-    gradient is added to it in the final backward call); ``sent`` is ``a`` if the step is
-    accepted, else 0. ``objective``: h's objective (eager: with its graph to h's gated
-    parameters); ``h_grad``: its gradient w.r.t. h's trainable parameters as one flat buffer,
-    zero on a fault (compiled driver only, else None).
-    """
+    """What the step's arithmetic returns (both drivers). ``grads``: per output, ``g + sent``
+    (``sent`` = ``a`` if accepted, else 0), or only ``sent`` when ``spec.native`` (the final
+    backward call adds ``loss.backward()``'s own gradient). ``objective``: with its graph to h
+    (eager); ``h_grad``: its gradient as one flat buffer, zero on a fault (compiled only)."""
 
     grads: list[Tensor]
     g: list[Tensor]
@@ -227,21 +223,13 @@ def _apply_h(h: Callable[[Tensor], Any], x: Tensor, dim: int, h_dtype: torch.dty
 
 
 def _tentative(
-    h: Callable[[Tensor], Any],
-    x0: list[Tensor],
-    g: list[Tensor],
-    loss0: Tensor,
-    loss_of: Callable[[list[Tensor]], Tensor],
-    eta: float | Tensor,
-    spec: _Spec,
+    h: Callable[[Tensor], Any], x0: list[Tensor], g: list[Tensor], loss0: Tensor, loss_of: LossOf,
+    eta: float | Tensor, spec: _Spec,
 ) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor]:
-    """Steps 2-4 of the module docstring: the adjustment, the tentative step and h's objective.
-
-    Returns ``(adj, loss1, remainder, objective, ok)``; ``objective`` carries the graph to h's
-    parameters. ``ok`` is one finiteness test of the objective, which covers every fault: a
-    zero or non-finite a_i makes a_i NaN (0/0, inf/inf), hence ``<delta, g>`` (NaN * 0 is NaN);
-    a non-finite g, loss0 or loss1 reaches it directly.
-    """
+    """Steps 2-4: ``(adj, loss1, remainder, objective, ok)``; ``objective`` carries the graph to
+    h. ``ok``, one finiteness test of the objective, covers every fault: a zero or non-finite
+    a_i is NaN (0/0, inf/inf), hence so is ``<delta, g>`` (NaN * 0 is NaN); a non-finite g,
+    loss0 or loss1 reaches it directly."""
     adj: list[Tensor] = []
     for x, gi, d in zip(x0, g, spec.dims, strict=True):
         a = _apply_h(h, x, d, spec.h_dtype)
@@ -263,12 +251,10 @@ def _tentative(
     return adj, loss1, remainder, objective, torch.isfinite(objective)
 
 
-def _decide(
-    g: list[Tensor], adj: list[Tensor], loss0: Tensor, loss1: Tensor, objective: Tensor, ok: Tensor, spec: _Spec
-) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
-    """Step 5: the gradient to send per output (see :class:`StepMath`), ``accepted``,
-    ``at_rounding`` and ``fallback``. ``g + 0`` is ``g``: a rejected step, or ``ratio=0``,
-    sends back bit for bit what ``loss.backward()`` would."""
+def _decide(g: list[Tensor], adj: list[Tensor], loss0: Tensor, loss1: Tensor, objective: Tensor, ok: Tensor,
+            spec: _Spec) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """Step 5: ``(grads, accepted, at_rounding, fallback)`` (see :class:`StepMath`). ``g + 0``
+    is ``g``: a rejected step, or ``ratio=0``, sends back bit for bit what ``loss.backward()`` would."""
     accepted = ok & (loss1 <= loss0) if spec.accept == "decrease" else ok
     sent = [torch.where(accepted, ai.detach(), 0.0) for ai in adj]
     if spec.native:
@@ -290,35 +276,29 @@ def _h_call(h: nn.Module, gated: Sequence[Tensor], spec: _Spec) -> Callable[[Ten
     return lambda v: torch.func.functional_call(h, dict(zip(names, gated, strict=True)), (v,))
 
 
-def _eager_math(
-    h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor],
-    eta: float | Tensor, spec: _Spec, world: int,
-) -> StepMath:
-    """The reference driver: plain autograd, one op at a time. h's gradient is left to the
-    step's final backward call, through :class:`_Gate`."""
+def _eager_math(h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: LossOf, eta: float | Tensor,
+                spec: _Spec, world: int) -> StepMath:
+    """The reference driver: plain autograd. h's gradient is left to the final backward call."""
     box: list[Any] = [None, world]
-    stack_views = lambda ps: h.parts(ps[0].detach().to(spec.h_dtype))  # noqa: E731
-    gated = _Gate.apply(box, stack_views if spec.stack else _Gate.aliases, *params) if params else ()
+    views = (lambda ps: h.parts(ps[0].detach().to(spec.h_dtype))) if spec.stack else (lambda ps: [p.detach() for p in ps])
+    gated = _Gate.apply(box, views, *params) if params else ()
     with torch.enable_grad():
         x0 = [w.requires_grad_(True) for w in work]
         loss0 = _scalar_loss(loss_of(x0))
         grads = torch.autograd.grad(loss0, x0, allow_unused=True)
         g = [torch.zeros_like(x) if gi is None else gi for x, gi in zip(x0, grads, strict=True)]
         loss0 = loss0.detach()
-        adj, loss1, remainder, objective, ok = _tentative(
-            _h_call(h, gated, spec), [x.detach() for x in x0], g, loss0, loss_of, eta, spec
-        )
+        x0 = [x.detach() for x in x0]
+        adj, loss1, remainder, objective, ok = _tentative(_h_call(h, gated, spec), x0, g, loss0, loss_of, eta, spec)
     sent, accepted, at_rounding, fallback = _decide(g, adj, loss0, loss1, objective, ok, spec)
     box[0] = fallback
     return StepMath(sent, g, loss0, loss1.detach(), remainder, objective, accepted, at_rounding, fallback, None)
 
 
-def _fused_math(
-    h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor],
-    eta: float | Tensor, spec: _Spec,
-) -> StepMath:
-    """The fast driver: the same step written with ``torch.func`` transforms (the plain
-    gradient and h's gradient), so that ``torch.compile`` traces all of it into one graph."""
+def _fused_math(h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: LossOf, eta: float | Tensor,
+                spec: _Spec) -> StepMath:
+    """The fast driver: the plain gradient and h's with ``torch.func``, so that ``torch.compile``
+    traces all of the step into one graph."""
     g, loss0 = torch.func.grad_and_value(lambda z: _scalar_loss(loss_of(z)))(work)
 
     def objective_of(ps: list[Tensor]) -> tuple[Tensor, tuple[Any, ...]]:
@@ -333,16 +313,10 @@ def _fused_math(
 
 
 class _Gate(torch.autograd.Function):
-    """h's trainable parameters as ``views(params)`` (for :class:`LinearStack`, its layers'
-    parts in GAL's compute dtype; else the parameters themselves), made inside the forward, so
-    that the step's graph has no node for them. The backward (h's gradient from the objective,
-    in the step's final backward call) zeroes that gradient on a faulty step and, under
-    torch.distributed, averages it over the ranks: one mask and one all-reduce over all of h's
-    gradient as one buffer. ``box`` is ``[fallback, world size]``, filled in once known."""
-
-    @staticmethod
-    def aliases(params: Sequence[Tensor]) -> list[Tensor]:
-        return [p.detach() for p in params]
+    """h's trainable parameters as ``views(params)`` (a :class:`LinearStack`'s parts in GAL's
+    compute dtype, else the parameters), made without graph nodes. Its backward (h's gradient,
+    in the final backward call) zeroes that gradient on a faulty step and, under
+    torch.distributed, averages it over the ranks in one all-reduce. ``box``: ``[fallback, world]``."""
 
     @staticmethod
     def forward(ctx: Any, box: list[Any], views: Callable[..., Sequence[Tensor]], *params: Tensor) -> tuple[Tensor, ...]:
@@ -372,11 +346,8 @@ def _config(config: GALConfig | None, given: dict[str, Any], who: str) -> GALCon
 
 
 class _Pending(NamedTuple):
-    """A computed step not yet committed to the counters (committed once the call succeeds).
-
-    ``torch.autograd.backward(roots, grads)`` applies it: the chosen gradient into the model
-    (through the outputs' graph) and h's gradient into h (through :class:`_Gate`), in one call.
-    ``value``: the loss at the outputs (what a surrogate's value is)."""
+    """A computed step, committed to the counters once the call succeeds. ``backward(roots, grads)``
+    applies it in one call: the chosen gradient into the model, h's into h. ``value``: the loss."""
 
     roots: list[Tensor]
     grads: list[Tensor | None]
@@ -477,23 +448,13 @@ class _GALCore(nn.Module):
         if dtype == torch.float64 and not _has_float64(x.device):
             if not self._float64_warned:
                 self._float64_warned = True
-                warnings.warn(
-                    f"GAL: device {x.device} has no float64; GAL's own arithmetic runs in float32, where "
-                    "small remainders round to 0 (raise scale, or set compute_dtype=None to silence this)",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+                msg = (f"device {x.device} has no float64; GAL's own arithmetic runs in float32, where small "
+                       "remainders round to 0 (raise scale, or set compute_dtype=None to silence this)")
+                warnings.warn(f"GAL: {msg}", RuntimeWarning, stacklevel=4)
             return torch.float32
         return dtype
 
-    def _compute(
-        self,
-        xs: list[Tensor],
-        dims: list[int],
-        mean_divisor: int,
-        loss_of: Callable[[list[Tensor]], Tensor],
-        lr: float | Tensor,
-    ) -> _Pending:
+    def _compute(self, xs: list[Tensor], dims: list[int], mean_divisor: int, loss_of: LossOf, lr: float | Tensor) -> _Pending:
         """Run one GAL step at the points ``xs``; change no state (see :meth:`_commit`)."""
         _check_lr(lr)
         c, h = self.config, self.h
@@ -503,45 +464,32 @@ class _GALCore(nn.Module):
         else:
             params = [p for p in h.parameters() if p.requires_grad]
         work = [x.detach().to(self._work_dtype(x)) for x in xs]
-        # the outputs' own precision (half: float32, as autocast would): when GAL computes in
-        # another dtype, the plain gradient comes from the loss at the outputs themselves, in
-        # the final backward call, so that a rejected step sends back exactly what
-        # loss.backward() would
+        # the outputs' own precision (half: float32): when GAL computes in another, the plain gradient
+        # comes from the loss at the outputs, in the final backward call, exactly as loss.backward()'s
         native_dt = [torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype for x in xs]
         native = any(w.dtype != dt for w, dt in zip(work, native_dt, strict=True))
         stack = isinstance(h, LinearStack) and bool(params)  # h's parts in the compute dtype
         h_dtype = work[0].dtype if stack else (params[0] if params else next(h.parameters(), xs[0])).dtype
-        spec = _Spec(
-            dims, mean_divisor, c.ratio, c.first_order, c.accept, c.normalize, h_dtype,
-            native_dt if native else [x.dtype for x in xs], native, stack,
-        )  # fmt: skip
+        grad_dt = native_dt if native else [x.dtype for x in xs]
+        spec = _Spec(dims, mean_divisor, c.ratio, c.first_order, c.accept, c.normalize, h_dtype, grad_dt, native, stack)
         world = dist.get_world_size() if c.sync_distributed and dist.is_available() and dist.is_initialized() else 1
         fused = self._fused_fn() if params else None
         with _no_autocast(work[0].device.type):
             out: StepMath | None = None
             if fused is not None:
-                # a tensor, so that a new lr is a new input value, not a recompile. Shape (1,) on
-                # the outputs' device: torch.full is a fill kernel (no host-to-device copy), and
-                # dynamo guards a 0-d float64 tensor by reading its value (.item()) every call
-                eta_t = (
-                    eta if isinstance(eta, Tensor)
-                    else torch.full((1,), float(eta), dtype=work[0].dtype, device=work[0].device)
-                )
+                # lr as a tensor input (a new lr is no recompile); shape (1,) on the outputs' device: a
+                # fill kernel, and dynamo would guard a 0-d float64 tensor by reading it (.item())
+                eta_t = eta if isinstance(eta, Tensor) else torch.full((1,), float(eta), dtype=work[0].dtype, device=work[0].device)
                 try:
                     out = fused(h, [p.detach() for p in params], work, loss_of, eta_t, spec)  # no outer graph
                     if "reduce-overhead" in str(self._compile_options.get("mode")):  # CUDA graphs reuse
                         out = StepMath(*(_clone(v) for v in out))  # their output memory on the next step
                 except Exception as err:  # noqa: BLE001 - any compiler failure; user errors re-raise below
-                    # the fused function has no side effects: run the eager step, which raises
-                    # the caller's own errors (bad loss, wrong h) as usual; if it succeeds the
-                    # failure was the compiler's, so warn once and stay eager
+                    # no side effects: the eager step raises the caller's own errors (bad loss, wrong h);
+                    # if it succeeds the failure was the compiler's, so warn once and stay eager
                     out = _eager_math(h, params, work, loss_of, eta, spec, world)
-                    warnings.warn(
-                        f"GAL.compile(): the compiled step failed ({type(err).__name__}: {err}); "
-                        "GAL runs its eager step from now on",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
+                    msg = f"the compiled step failed ({type(err).__name__}: {err}); GAL runs its eager step from now on"
+                    warnings.warn(f"GAL.compile(): {msg}", RuntimeWarning, stacklevel=4)
                     self.uncompile()
             if out is None:
                 out = _eager_math(h, params, work, loss_of, eta, spec, world)
@@ -577,15 +525,7 @@ class _GALCore(nn.Module):
                     sq = _total([(gi * gi).sum() for gi in out.g])
                     plain = loss_p - out.loss0 + eta * sq
 
-        record = GALStep(
-            loss=out.loss0,
-            tentative_loss=out.loss1,
-            remainder=out.remainder,
-            objective=out.objective.detach(),
-            accepted=out.accepted,
-            fallback=out.fallback,
-            remainder_plain=plain,
-        )
+        record = GALStep(out.loss0, out.loss1, out.remainder, out.objective.detach(), out.accepted, out.fallback, plain)
         # a frozen h learns nothing by design: never at the rounding level
         at_rounding = out.at_rounding if params else torch.zeros_like(out.accepted)
         return _Pending(roots, grads, value.detach(), objective, record, at_rounding)
@@ -635,14 +575,11 @@ class _GALCore(nn.Module):
         if steps < 1 or 2 * at_rounding < steps:
             return False
         self._rounding_warned = True
-        warnings.warn(
-            f"GAL: on {at_rounding} of the last {steps} steps h's objective was at the rounding level of GAL's "
-            f"arithmetic (compute_dtype={self.config.compute_dtype}; exactly 0 or a few ulp of the loss), so h "
-            "learns from rounding noise or not at all. Use compute_dtype=torch.float64 (the default) or a larger "
-            "scale, and check that lr is not tiny",
-            RuntimeWarning,
-            stacklevel=5,
-        )
+        msg = (f"on {at_rounding} of the last {steps} steps h's objective was at the rounding level of GAL's "
+               f"arithmetic (compute_dtype={self.config.compute_dtype}; exactly 0 or a few ulp of the loss), so h learns "
+               "from rounding noise or not at all. Use compute_dtype=torch.float64 (the default) or a larger scale, "
+               "and check that lr is not tiny")
+        warnings.warn(f"GAL: {msg}", RuntimeWarning, stacklevel=5)
         return True
 
     # -- the fused (compiled) step ----------------------------------------------------------
@@ -651,11 +588,11 @@ class _GALCore(nn.Module):
         as one ``torch.compile``d function from now on (the fast path); returns ``self``.
 
         Same decisions as the eager step, values equal up to floating-point reassociation, far
-        fewer kernel launches. ``options`` go to :func:`torch.compile`. The first step after
+        fewer kernel launches. ``options`` go to :func:`torch.compile` (``mode="reduce-overhead"``:
+        CUDA graphs, as nothing in the step reads back to the host). The first step after
         ``compile()`` runs eagerly (a bad loss or h fails with the usual error), the second
         compiles; a new output shape, dtype or loss function compiles again. If the compiler
-        fails, GAL warns and stays eager. Not part of ``state_dict``. (``nn.Module.compile``
-        would compile :meth:`forward`, whose autograd calls would only graph-break.)
+        fails, GAL warns and stays eager. Not part of ``state_dict``.
         """
         self._compile_options = dict(options)
         self._compiled = None
@@ -690,14 +627,6 @@ class _GALCore(nn.Module):
         state["_rounding_pending"] = None
         return state
 
-    @staticmethod
-    def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
-        """``.grad += grad`` as ``backward()`` does."""
-        for p, gp in zip(params, grads, strict=True):
-            if p.grad is None:
-                p.grad = gp.detach().to(p.dtype, copy=True)  # its own memory, not a view of a flat buffer
-            else:
-                p.grad.add_(gp.to(p.grad.dtype))
 
 
 class GAL(_GALCore):
@@ -739,11 +668,9 @@ class GAL(_GALCore):
         h: nn.Module | None = None,
         config: GALConfig | None = None,
     ) -> None:
-        given = dict(
-            ratio=ratio, scale=scale, hidden=hidden, activation=activation, first_order=first_order, accept=accept,
-            normalize=normalize, dim=dim, compute_dtype=compute_dtype, track_plain=track_plain,
-            sync_distributed=sync_distributed, seed=seed,
-        )
+        given = dict(ratio=ratio, scale=scale, hidden=hidden, activation=activation, first_order=first_order,
+                     accept=accept, normalize=normalize, dim=dim, compute_dtype=compute_dtype, track_plain=track_plain,
+                     sync_distributed=sync_distributed, seed=seed)
         super().__init__(output_dim, _config(config, given, "GAL"), h)
 
     @property
@@ -865,10 +792,9 @@ class ParamGAL(_GALCore):
                 raise TypeError(f"params[{i}] must be a floating-point tensor, got {got}")
         if len({p.device for p in plist}) > 1:
             raise ValueError(f"params must be on one device, got {sorted({str(p.device) for p in plist})}")
-        given = dict(
-            ratio=ratio, scale=scale, hidden=hidden, activation=activation, first_order=first_order, accept=accept,
-            compute_dtype=compute_dtype, track_plain=track_plain, sync_distributed=sync_distributed, seed=seed,
-        )
+        given = dict(ratio=ratio, scale=scale, hidden=hidden, activation=activation, first_order=first_order,
+                     accept=accept, compute_dtype=compute_dtype, track_plain=track_plain, sync_distributed=sync_distributed,
+                     seed=seed)
         config = _config(config, given, "ParamGAL")
         size = sum(p.numel() for p in plist)
         super().__init__(size, config, h)
@@ -898,5 +824,6 @@ class ParamGAL(_GALCore):
         step = self._compute([flat], [0], flat.numel(), loss_of, lr)
         torch.autograd.backward(step.roots, step.grads)  # into flat.grad and h
         grad = torch.zeros_like(flat) if flat.grad is None else flat.grad
-        self._accumulate(targets, [c.view(p.shape) for c, p in zip(grad.split(sizes), targets, strict=True)])
+        for p, gp in zip(targets, grad.split(sizes), strict=True):  # .grad += gp, as backward() does
+            p.grad = gp.view(p.shape).to(p.dtype, copy=True) if p.grad is None else p.grad.add_(gp.view(p.shape))
         return self._commit(step)
