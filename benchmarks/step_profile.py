@@ -3,10 +3,11 @@
     python benchmarks/step_profile.py --threads 1 --models mlp,cnn --readme README.md   # the README's profile
     python benchmarks/step_profile.py --models mlp --variants gal --ops 25    # plus torch.profiler's top ops
 
-Each variant of ``benchmarks/step_overhead.py`` (same models, weights, h and settings) runs
-``--steps`` steps; every phase is timed on its own with ``time.process_time`` (CPU time of the
-whole process, so other processes on a shared machine do not count; with ``--threads > 1`` it
-includes OpenMP spin-waits). The table gives the median microseconds per step of each phase:
+The variants of ``benchmarks/step_overhead.py`` (same models, weights, h and settings) run
+``--steps`` steps each, interleaved in blocks of 10 (ABC CBA ...); every phase is timed on its
+own with ``time.process_time`` (CPU time of the whole process, so other processes on a shared
+machine do not count; with ``--threads > 1`` it includes OpenMP spin-waits). The table gives
+the median microseconds per step of each phase:
 
 - ``forward``: the model's forward;
 - ``gal: arithmetic``: GAL's own arithmetic (``_eager_math``, or the compiled function with
@@ -66,8 +67,25 @@ class PhaseClock:
         return timed
 
 
-def profile_variant(runner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> dict[str, float]:
-    """Median CPU microseconds per step of each phase (and ``total``) over ``steps`` steps."""
+class VariantProfile:
+    """One variant's step with its phases timed (``run(n)``), and the medians (``summary()``)."""
+
+    def __init__(self, runner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.runner, self.batches, self.done = runner, batches, 0
+        self.rows: dict[str, list[float]] = defaultdict(list)
+
+    def run(self, steps: int) -> None:
+        profile_steps(self.runner, self.batches, steps, self.done, self.rows)
+        self.done += steps
+
+    def summary(self) -> dict[str, float]:
+        return {k: statistics.median(v) for k, v in self.rows.items()}
+
+
+def profile_steps(
+    runner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int, start: int, rows: dict[str, list[float]]
+) -> None:
+    """Run ``steps`` steps, appending each phase's CPU microseconds (and ``total``) to ``rows``."""
     clock = PhaseClock()
     runner.model.forward = clock.wrap(runner.model.forward, "forward")
     runner.opt.step = clock.wrap(runner.opt.step, "optimizer")
@@ -89,13 +107,12 @@ def profile_variant(runner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]
         patch(runner, "_release_gal", "release: gal")
     patch(torch.autograd, "backward", "backward")
     patch(torch.Tensor, "backward", "backward")
-    rows: dict[str, list[float]] = defaultdict(list)
     try:
-        for i in range(steps):
+        for i in range(start, start + steps):
             clock.current.clear()
-            start = time.process_time()
+            began = time.process_time()
             runner.step(*batches[i % len(batches)])
-            total = time.process_time() - start
+            total = time.process_time() - began
             arithmetic = clock.current.get("gal: arithmetic", 0.0)
             if "gal: other" in clock.current:  # _compute includes the arithmetic
                 clock.current["gal: other"] -= arithmetic
@@ -106,7 +123,8 @@ def profile_variant(runner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]
     finally:
         for owner, name, fn in reversed(originals):
             setattr(owner, name, fn)
-    return {k: statistics.median(v) for k, v in rows.items()}
+        for obj, name in ((runner.model, "forward"), (runner.opt, "step"), (runner.opt, "zero_grad")):
+            obj.__dict__.pop(name, None)  # back to the class's method
 
 
 def op_table(runner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> str:
@@ -158,7 +176,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
         for r in runners.values():
             for i in range(20):  # warm-up; the compiled variant compiles here
                 r.step(*batches[i % len(batches)])
-        results[name] = {key: profile_variant(runners[key], batches, args.steps) for key in variants}
+        profiles = {key: VariantProfile(runners[key], batches) for key in variants}
+        for rnd in range(-(-args.steps // 10)):
+            for key in variants if rnd % 2 == 0 else variants[::-1]:
+                profiles[key].run(min(10, args.steps - 10 * rnd))
+        results[name] = {key: p.summary() for key, p in profiles.items()}
         base = results[name]["standard"]
         print(f"\n{MODELS[name][4]}: median CPU microseconds per step ({args.threads} threads, {args.steps} steps)")
         print(f"{'phase':<16}" + "".join(f"{v:>14}" for v in variants) + "".join(f"{'+' + v:>14}" for v in variants[1:]))

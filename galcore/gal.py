@@ -94,10 +94,9 @@ class GALStep:
 
 
 class StepMath(NamedTuple):
-    """What the step's arithmetic returns (both drivers). ``grads``: per output, ``g + sent``
-    (``sent`` = ``a`` if accepted, else 0), or only ``sent`` when ``spec.native`` (the final
-    backward call adds ``loss.backward()``'s own gradient). ``objective``: with its graph to h
-    (eager); ``h_grad``: its gradient as one flat buffer, zero on a fault (compiled only)."""
+    """What the step's arithmetic returns. ``grads``: per output, ``g + sent`` (``sent``: ``a`` if
+    accepted, else 0), or ``sent`` alone when ``spec.native`` in eager (the final backward call adds
+    ``loss.backward()``'s own). ``objective``: with its graph to h (eager); ``h_grad``: compiled only."""
 
     grads: list[Tensor]
     g: list[Tensor]
@@ -242,11 +241,13 @@ def _tentative(
             # shrink only (factor <= 1); a zero sum of adjustments needs no shrinking
             ai = ai * torch.where(sum_a > 0, spec.ratio * sum_g / sum_a, 1.0).clamp(max=1.0)
         adj.append(ai)
-    delta = [eta * (gi + ai) for gi, ai in zip(g, adj, strict=True)]
+    delta = [torch.add(eta * gi, ai, alpha=eta) if isinstance(eta, float) else eta * (gi + ai)  # float: one node
+             for gi, ai in zip(g, adj, strict=True)]
     inner = _total([(di * gi).sum() for di, gi in zip(delta, g, strict=True)])
     loss1 = _scalar_loss(loss_of([x - di for x, di in zip(x0, delta, strict=True)]))
-    signed = loss1 + (inner / spec.mean_divisor if spec.first_order == "mean" else inner) - loss0
-    remainder = signed.detach() if spec.first_order == "sum" else loss1.detach() - loss0 + inner.detach()
+    weight = 1 / spec.mean_divisor if spec.first_order == "mean" else 1  # of <delta, g> in the objective
+    signed = torch.add(loss1, inner, alpha=weight) - loss0
+    remainder = signed.detach() if weight == 1 else torch.add(signed.detach(), inner.detach(), alpha=1 - weight)
     objective = signed.abs()
     return adj, loss1, remainder, objective, torch.isfinite(objective)
 
@@ -266,8 +267,7 @@ def _decide(g: list[Tensor], adj: list[Tensor], loss0: Tensor, loss1: Tensor, ob
 
 
 def _h_call(h: nn.Module, gated: Sequence[Tensor], spec: _Spec) -> Callable[[Tensor], Any]:
-    """h with its trainable parameters replaced by ``gated`` (:meth:`LinearStack.parts` of its
-    flat parameter, or the parameters themselves)."""
+    """h with its trainable parameters replaced by ``gated`` (a LinearStack's parts, or the parameters)."""
     if spec.stack:
         return lambda v: h(v, parts=gated)
     if not gated:
@@ -308,15 +308,17 @@ def _fused_math(h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of:
 
     raw, (adj, loss1, remainder, objective, ok) = torch.func.grad(objective_of, has_aux=True)(params)
     sent, accepted, at_rounding, fallback = _decide(g, adj, loss0, loss1, objective, ok, spec)
+    if spec.native:  # the plain gradient in the outputs' precision too: sent = g_native + sent
+        g_native = torch.func.grad(lambda z: _scalar_loss(loss_of(z)))([w.to(s.dtype) for w, s in zip(work, sent)])
+        sent = [gn + s for gn, s in zip(g_native, sent, strict=True)]
     h_grad = torch.where(fallback, 0.0, raw[0].reshape(-1) if len(raw) == 1 else torch.cat([r.reshape(-1) for r in raw]))
     return StepMath(sent, g, loss0, loss1, remainder, objective, accepted, at_rounding, fallback, h_grad)
 
 
 class _Gate(torch.autograd.Function):
-    """h's trainable parameters as ``views(params)`` (a :class:`LinearStack`'s parts in GAL's
-    compute dtype, else the parameters), made without graph nodes. Its backward (h's gradient,
-    in the final backward call) zeroes that gradient on a faulty step and, under
-    torch.distributed, averages it over the ranks in one all-reduce. ``box``: ``[fallback, world]``."""
+    """h's trainable parameters as ``views(params)`` (a :class:`LinearStack`'s parts in GAL's compute
+    dtype, else the parameters), without graph nodes. Its backward (in the final backward call) zeroes
+    h's gradient on a faulty step and averages it over DDP ranks in one all-reduce. ``box``: ``[fallback, world]``."""
 
     @staticmethod
     def forward(ctx: Any, box: list[Any], views: Callable[..., Sequence[Tensor]], *params: Tensor) -> tuple[Tensor, ...]:
@@ -385,6 +387,7 @@ class _GALCore(nn.Module):
             self.register_buffer(name, torch.zeros((), dtype=torch.int64))
         # steps of the current window whose objective was at the rounding level (h learns nothing)
         self.register_buffer("_rounding_count", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.register_buffer("_one", torch.ones((), dtype=torch.int64), persistent=False)  # num_steps' increment
         self._rounding_pending: tuple[Tensor, Any, int] | None = None
         self._window_start = 0
         self._rounding_warned = False
@@ -496,14 +499,14 @@ class _GALCore(nn.Module):
             roots: list[Tensor] = []
             grads: list[Tensor | None] = []
             points, value = xs, out.loss0
-            if native:  # the loss at the outputs, whose gradient the final call adds to out.grads
+            if native and out.h_grad is None:  # eager: the loss at the outputs, whose gradient the final call adds
                 with torch.enable_grad():
                     points = [x.to(dt) for x, dt in zip(xs, native_dt, strict=True)]
                     value = _scalar_loss(loss_of(points))
                 if value.requires_grad:
                     roots, grads = [value], [None]
             roots += [x for x in points if x.requires_grad]
-            grads += [s for x, s in zip(points, out.grads, strict=True) if x.requires_grad]
+            grads += [s.to(x.dtype) for x, s in zip(points, out.grads, strict=True) if x.requires_grad]
             objective = None
             if out.h_grad is not None:  # compiled: h's gradient is a tensor, masked already
                 h_grad = out.h_grad
@@ -528,13 +531,13 @@ class _GALCore(nn.Module):
         record = GALStep(out.loss0, out.loss1, out.remainder, out.objective.detach(), out.accepted, out.fallback, plain)
         # a frozen h learns nothing by design: never at the rounding level
         at_rounding = out.at_rounding if params else torch.zeros_like(out.accepted)
-        return _Pending(roots, grads, value.detach(), objective, record, at_rounding)
+        return _Pending(roots, grads, value.detach() if value.requires_grad else value, objective, record, at_rounding)
 
     def _commit(self, step: _Pending) -> GALStep:
         """The call succeeded: count it, keep its record, watch for an objective at rounding level."""
         record = step.record
         counts = [self.num_steps, self.num_accepted, self.num_fallbacks, self._rounding_count]
-        torch._foreach_add_(counts, [step.at_rounding | True, record.accepted, record.fallback, step.at_rounding])
+        torch._foreach_add_(counts, [self._one, record.accepted, record.fallback, step.at_rounding])
         self.__dict__["last_step"] = record  # plain attributes (not nn.Module.__setattr__: hot path)
         self.__dict__["_steps_here"] = self._steps_here + 1
         if not self._rounding_warned and self._steps_here % ZERO_OBJECTIVE_STEPS == 0:
@@ -542,11 +545,9 @@ class _GALCore(nn.Module):
         return record
 
     def _watch_rounding(self) -> None:
-        """Every ZERO_OBJECTIVE_STEPS steps: warn once if h's objective sat at the rounding level
-        on at least half the steps since the last look.
-
-        On a GPU the count is copied to pinned host memory without waiting and read at the next
-        look, once the copy has finished: the step never waits for the device."""
+        """Every ZERO_OBJECTIVE_STEPS steps: warn once if h's objective sat at the rounding level on at
+        least half the steps since the last look. On a GPU the count is copied to pinned host memory
+        without waiting and read at the next look, once copied: the step never waits for the device."""
         if self._rounding_pending is not None:
             host, event, n = self._rounding_pending
             if event is not None and not event.query():
