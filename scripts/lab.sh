@@ -50,8 +50,11 @@ if [ -d "$results" ]; then executed=$(find "$results" -maxdepth 1 -name '*.ipynb
     echo "lab: executed copies with outputs will be in $results once 'bash scripts/main.sh' has run (none there yet)"
   fi
 } >&2
+# JupyterLab refuses to run as root (containers, CI machines) unless told it may
+as_root=()
+[ "$(id -u)" = 0 ] && as_root=(--allow-root)
 # news and update checks off: nothing is fetched from the internet; later arguments override these
-exec "$py" -m jupyterlab \
+exec "$py" -m jupyterlab "${as_root[@]}" \
   --ServerApp.root_dir="$root" \
   --ContentsManager.preferred_dir=notebooks \
   --LabApp.news_url=None \
