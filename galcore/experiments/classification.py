@@ -575,6 +575,11 @@ def conclusion_text(table: pd.DataFrame, *, target_mde: float = TARGET_MDE) -> s
                         can = (f" With mde {e['mde']:.2f} points these {int(e['n'])} seeds cannot see release-sized gains "
                                f"({RELEASE_GAINS[0]:g}-{RELEASE_GAINS[1]:g} points); the largest would need "
                                f"~{e['seeds_needed_large']:.0f} seeds, the smallest ~{e['seeds_needed']:.0f}.")
+                if e["verdict"] in ("inconclusive", "equivalent") and math.isfinite(e["low"]) and math.isfinite(e["high"]):
+                    can += (f" The 95% interval rules out a gain (lower error) larger than {max(-e['low'], 0.0):.2f} points "
+                            f"and a loss larger than {max(e['high'], 0.0):.2f}")
+                    can += (f": gains of the release's largest size ({RELEASE_GAINS[1]:g}) are excluded here."
+                            if -e["low"] < RELEASE_GAINS[1] else ".")
             parts.append(f"  - {_ARM_TEXT.get(arm, arm)}: " + "; ".join(bits) + "." + can)
         n = int(g["n"].max())
         lines.append(f"- **{data}, {opt}** ({n} paired seeds):\n" + "\n".join(parts))
@@ -701,7 +706,7 @@ def plot_acceptance(hists: pd.DataFrame) -> Any:
     ax.set_xlabel("passes over the training set")
     ax.set_ylabel("accepted steps (fraction)")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 
