@@ -49,8 +49,10 @@ __all__ = [
     "nearest_minimum",
     "release_toy_h",
     "run_toy",
+    "steps_to",
     "surface",
     "surface_grid",
+    "toy_summary",
 ]
 
 #: The release's starting point (x, y).
@@ -351,3 +353,43 @@ def nearest_minimum(point: Any, minima: np.ndarray | None = None) -> tuple[int, 
     d = np.hypot(m[:, 0] - float(point[0]), m[:, 1] - float(point[1]))
     i = int(np.argmin(d))
     return i, float(d[i])
+
+
+def steps_to(run: ToyRun, z: float) -> int | None:
+    """The first step t with ``run.losses[t] <= z`` (``None`` if the run never gets there)."""
+    hit = np.nonzero(run.losses <= z)[0]
+    return int(hit[0]) if hit.size else None
+
+
+def toy_summary(run: ToyRun, minima: np.ndarray | None = None, *, near: float = 0.05, tol: float = 1e-3) -> dict[str, Any]:
+    """One table row for a run: where it ends and how it got there.
+
+    Columns: ``optimizer``, ``variant`` (:attr:`ToyRun.label`), ``seed``, ``final_x``,
+    ``final_y``, ``final_z``; ``minimum`` (index into ``minima``, default :func:`local_minima`,
+    of the nearest one), ``minimum_z``, ``distance``, ``at_minimum`` (within ``near``);
+    ``steps_to_deepest`` (first step within ``tol`` of the deepest z; ``steps + 1`` if never);
+    ``acceptance``, ``tentative_remainder`` (mean |remainder| of GAL's tentative steps),
+    ``objective`` (mean of what h minimised), ``step_remainder`` (mean |r1| of the real steps,
+    NaN without ``remainders``) and ``step_over_tentative`` (median ratio of the real step's
+    length to the tentative step's; NaN for a plain run).
+    """
+    m = local_minima() if minima is None else minima
+    i, dist = nearest_minimum(run.final_point, m)
+    hit = steps_to(run, float(m[:, 2].min()) + tol)
+    nan = float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (
+            float(np.nanmedian(run.step_lengths / run.tentative_length))
+            if run.tentative_length is not None and np.isfinite(run.tentative_length).any() else nan
+        )
+    return {
+        "optimizer": run.setting.label, "variant": run.label, "seed": run.seed,
+        "final_x": float(run.final_point[0]), "final_y": float(run.final_point[1]), "final_z": run.final_loss,
+        "minimum": i, "minimum_z": float(m[i, 2]), "distance": dist, "at_minimum": dist < near,
+        "steps_to_deepest": run.setting.steps + 1 if hit is None else hit,
+        "acceptance": run.acceptance_rate,
+        "tentative_remainder": nan if run.gal_remainder is None else float(np.abs(run.gal_remainder).mean()),
+        "objective": nan if run.objective is None else float(run.objective.mean()),
+        "step_remainder": nan if run.step_r1 is None else float(np.abs(run.step_r1).mean()),
+        "step_over_tentative": ratio,
+    }
