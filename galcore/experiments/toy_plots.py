@@ -12,10 +12,10 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from galcore.experiments.surface import START, ToyRun, local_minima, surface_grid
-from galcore.experiments.toy_classifier import ClassifierRun
 from galcore.experiments.toy_taylor import TaylorGrid, TaylorLine
 
 __all__ = [
@@ -185,30 +185,28 @@ def plot_taylor_grid(grid: TaylorGrid, title: str = "") -> Figure:
     return fig
 
 
-def plot_classifier(runs: Mapping[str, Sequence[ClassifierRun]], windows: int = 10) -> Figure:
-    """Per window of steps, mean over seeds: acceptance rate, relative change of the remainder
-    ``(R - R_plain) / R_plain`` and the plain tentative step's remainder, for the GAL arms."""
+def plot_classifier(hists: pd.DataFrame) -> Figure:
+    """Per epoch, mean over seeds (``hists`` from :func:`galcore.experiments.harness.run_arms`):
+    GAL's acceptance rate, the relative remainder ``R / R_plain - 1`` of its tentative step, and
+    every arm's test loss."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    colors = {"frozen": "tab:gray", "learned": GAL_COLOR}
-    for arm, rs in runs.items():
-        if arm == "plain" or not rs or rs[0].accepted is None:
-            continue
-        steps = rs[0].setting.steps
-        x = np.array([c.mean() for c in np.array_split(np.arange(steps), windows)])
-        acc = np.mean([r.windows(r.accepted, windows) for r in rs], axis=0)
-        rel = np.mean([r.windows((r.remainder - r.remainder_plain) / np.abs(r.remainder_plain), windows) for r in rs], axis=0)
-        rp = np.mean([r.windows(np.abs(r.remainder_plain), windows) for r in rs], axis=0)
-        c = colors.get(arm, None)
-        axes[0].plot(x, acc, "o-", color=c, label=f"h {arm}")
-        axes[1].plot(x, rel, "o-", color=c, label=f"h {arm}")
-        axes[2].semilogy(x, rp, "o-", color=c, label=f"h {arm}")
+    colors = {"standard": PLAIN_COLOR, "gal frozen": "tab:gray", "gal learned": GAL_COLOR}
+    for arm, grp in hists.groupby("arm", sort=False):
+        per_epoch = grp.groupby("epoch").mean(numeric_only=True)
+        c = colors.get(str(arm))
+        if "remainder_abs" in per_epoch and per_epoch["remainder_abs"].notna().any():
+            axes[0].plot(per_epoch.index, per_epoch["accept_rate"], "o-", ms=3, color=c, label=arm)
+            rel = grp["remainder_abs"] / grp["remainder_plain_abs"] - 1.0
+            axes[1].plot(per_epoch.index, rel.groupby(grp["epoch"]).mean(), "o-", ms=3, color=c, label=arm)
+        axes[2].plot(per_epoch.index, per_epoch["test_loss"], "-", color=c, label=arm)
     axes[0].set_ylabel("acceptance rate")
     axes[0].set_ylim(-0.05, 1.05)
     axes[1].axhline(0, color="k", lw=0.6)
-    axes[1].set_ylabel("(R - R_plain) / R_plain")
-    axes[2].set_ylabel("|R_plain| (plain tentative step)")
+    axes[1].set_ylabel("R / R_plain - 1 (tentative step)")
+    axes[2].set_ylabel("test loss")
+    axes[2].set_yscale("log")
     for ax in axes:
-        ax.set_xlabel("step")
+        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
