@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from galcore.experiments.progress import progress
 from galcore.experiments.surface import START, ToyRun, local_minima, surface_grid
 from galcore.experiments.toy_taylor import TaylorGrid, TaylorLine
 
@@ -215,7 +216,7 @@ def plot_classifier(hists: pd.DataFrame) -> Figure:
 
 def animate_toy(runs: Sequence[ToyRun], path: str | Path, frames: int = 60, fps: int = 12, lim: float = 1.5) -> Path:
     """Write a GIF of the runs' trajectories (e.g. plain and GAL) moving on the contour plot
-    (matplotlib's PillowWriter)."""
+    (matplotlib's PillowWriter), with a progress bar over the frames."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     if not runs:
@@ -245,6 +246,10 @@ def animate_toy(runs: Sequence[ToyRun], path: str | Path, frames: int = 60, fps:
         return [*arts, title]
 
     anim = FuncAnimation(fig, update, frames=list(idx), blit=False)
-    anim.save(str(path), writer=PillowWriter(fps=fps))
-    plt.close(fig)
+    bar = progress(total=len(idx), desc="GIF frames", unit="frame")
+    try:
+        anim.save(str(path), writer=PillowWriter(fps=fps), progress_callback=lambda i, n: bar.update(1))
+    finally:
+        bar.close()
+        plt.close(fig)
     return path
