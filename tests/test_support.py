@@ -102,17 +102,18 @@ def test_harness_is_fair_and_ratio_zero_matches_standard(tmp_path, monkeypatch: 
         "gal0": dataclasses.replace(base, gal={"ratio": 0.0}),
         "gal": dataclasses.replace(base, gal={"ratio": 0.1, "track_plain": True}, probe_every=2),
     }
-    finals, hist = run_arms(arms, [0, 1], data, model_fn, progress=False)
+    finals, hist = run_arms(arms, [0, 1], data, model_fn, progress=False, cache=True)
     std = finals[finals.arm == "standard"].set_index("seed")
     zero = finals[finals.arm == "gal0"].set_index("seed")
-    for col in ("test_loss", "test_accuracy", "train_loss"):
+    for col in ("test_loss", "test_accuracy", "train_loss", "weights_hash"):
         assert (std[col] == zero[col]).all()
     assert set(hist.columns) >= {"arm", "seed", "epoch", "accept_rate", "remainder_abs", "remainder_plain_abs"}
     table = paired_table(finals, "test_accuracy")
     assert list(table.arm) == ["gal0", "gal"] and table.iloc[0]["mean_diff"] == 0
     # cached: the second call reads the files and gives the same numbers
-    again, _ = run_arms(arms, [0, 1], data, model_fn, progress=False)
-    assert np.allclose(again["test_loss"], finals["test_loss"])
+    again, _ = run_arms(arms, [0, 1], data, model_fn, progress=False, cache=True)
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 6
+    assert (again["test_loss"] == finals["test_loss"]).all() and (again["seconds"] == finals["seconds"]).all()
     res = run(dataclasses.replace(arms["gal"], seed=0), data, model_fn)
     assert len(res.probe) == 4 and all(np.isfinite(r["r1"]) for r in res.probe)
 

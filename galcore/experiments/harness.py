@@ -349,7 +349,7 @@ def code_files() -> list[Path]:
 def _files_digest() -> str:
     digest = hashlib.sha256()
     for path in code_files():
-        digest.update(path.relative_to(_PACKAGE.parent).as_posix().encode())
+        digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
