@@ -114,7 +114,7 @@ def test_data_fingerprint_and_validation_split() -> None:
 
 def test_ratio_zero_is_identical_to_standard_through_the_harness() -> None:
     data = _data(0)
-    model_fn = lambda: MLP(16, 4, hidden=(16,), dropout=0.1)  # noqa: E731  dropout: the global stream matters
+    model_fn = lambda: MLP(16, 4, hidden=(16,), dropout=0.1)
     base = dataclasses.replace(BASE, epochs=2)
     arms = {"standard": base, "gal0": dataclasses.replace(base, gal={"ratio": 0.0}),
             "gal": dataclasses.replace(base, gal={"ratio": 0.3, "accept": "always"})}

@@ -544,7 +544,7 @@ def _train(cfg: TrainConfig, data: Data, model: nn.Module, progress: bool) -> Ru
     val_fn = None
     if data.x_val is not None and data.y_val is not None:
         x_va, y_va = data.x_val.to(device), data.y_val.to(device)
-        val_fn = lambda m: evaluate(m, x_va, y_va, cfg, data.y_scale, prefix="val")  # noqa: E731
+        val_fn = lambda m: evaluate(m, x_va, y_va, cfg, data.y_scale, prefix="val")
     return _fit(cfg, model, data.num_outputs, batches, lambda m: evaluate(m, x_te, y_te, cfg, data.y_scale), val_fn, progress)
 
 

@@ -117,7 +117,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 3600, stream: TextIO 
                     outcome.failed_cell = number
                     outcome.error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
                     break
-    except Exception as e:  # kernel died, timeout, ...
+    except Exception as e:  # noqa: BLE001 - kernel died, timeout...: recorded, the other notebooks still run
         outcome.ok = False
         outcome.error = f"{type(e).__name__}: {e}"
     outcome.seconds = time.perf_counter() - start

@@ -162,7 +162,7 @@ def seeds_needed(sd_diff: float, effect: float, power: float = 0.8, alpha: float
         raise ValueError(f"sd_diff must be >= 0, got {sd_diff}")
     if sd_diff == 0:
         return 2
-    ok = lambda n: paired_power(abs(effect), sd_diff, n, alpha) >= target  # noqa: E731
+    ok = lambda n: paired_power(abs(effect), sd_diff, n, alpha) >= target
     lo, hi = 2, 2
     while not ok(hi):
         lo, hi = hi, hi * 2
