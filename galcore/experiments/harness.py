@@ -363,7 +363,9 @@ def _class_source(cls: type) -> str:
 
 def code_fingerprint(model: nn.Module | None = None) -> str:
     """sha256 (hex) of :func:`code_files` and, given a model, of the source of every
-    ``nn.Module`` class in it outside torch (``inspect.getsource``), plus torch's version."""
+    ``nn.Module`` class in it outside torch (``inspect.getsource``), plus torch's version.
+    A class without retrievable source (defined in a notebook cell) enters by name only: its
+    structure and weights still key the run (:func:`model_fingerprint`), its code does not."""
     digest = hashlib.sha256(_files_digest().encode())
     digest.update(torch.__version__.encode())
     if model is not None:
