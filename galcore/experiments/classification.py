@@ -14,7 +14,8 @@ Benchmarks (:func:`benchmarks`):
   set is evaluated every 5 passes rather than every pass (its evaluation would otherwise cost
   as much as the training).
 - **digits** (scikit-learn's 8 x 8 images, 1,347 / 450): :class:`galcore.experiments.models.SmallCNN`,
-  12 epochs, batch 64, lr x0.1 at epochs 6 and 9: small and fast, the smoke profile's data.
+  12 epochs, batch 64, lr x0.1 at epochs 6 and 9: small and fast, the smoke profile's data; the
+  release's four optimizers (SGD+momentum, Lookahead(SGD), AdaBound; and Adam) outside smoke.
 - ``full`` adds the release's CIFAR-10/100 setting (EfficientNet-B1, :func:`full_setup`) and,
   when ImageNet is present (``$GALCORE_IMAGENET``), the release's ImageNet recipe
   (:mod:`galcore.experiments.imagenet_recipe`).
@@ -177,7 +178,7 @@ _MNIST1D_PLAN: dict[str, dict[str, Any]] = {
 #: digits optimizers per profile
 _DIGITS_OPTIMIZERS_USED: dict[str, tuple[str, ...]] = {
     "smoke": ("SGD+momentum", "Adam"),
-    "default": ("SGD+momentum", "Adam"),
+    "default": OPTIMIZER_NAMES,
     "full": OPTIMIZER_NAMES,
 }
 FULL_SEEDS = (0, 1, 2)
@@ -347,7 +348,7 @@ def benchmarks(profile: Profile | None = None) -> list[Benchmark]:
     d_seeds = d_setup.seeds if p != "full" else tuple(range(10))
     names = _DIGITS_OPTIMIZERS_USED[p]
     out.append(Benchmark("digits", replace(d_setup, seeds=d_seeds), {k: DIGITS_OPTIMIZERS[k] for k in names},
-                         {k: tuple(d_seeds) for k in names}, arms={k: ADAPTIVE_ARMS for k in names if k in ("Adam", "AdaBound")},
+                         {k: tuple(d_seeds) for k in names}, arms={k: ADAPTIVE_ARMS for k in names if k != "SGD+momentum"},
                          notes={"n_train": len(d_setup.data.x_train), "n_test": len(d_setup.data.x_test)}))
     return out
 
