@@ -14,7 +14,14 @@ from torch import nn
 
 import galcore.experiments.classification as clf
 from galcore.experiments import stats
-from galcore.experiments.fullscale import DeviceAugment, LoaderData, benchmark_step, cifar_data, efficientnet_b1_factory, fake_cifar
+from galcore.experiments.fullscale import (
+    DeviceAugment,
+    LoaderData,
+    benchmark_step,
+    cifar_data,
+    efficientnet_b1_factory,
+    fake_cifar,
+)
 from galcore.experiments.harness import Data, Setup, cache_dir, run, state_hash
 from galcore.experiments.mnist1d_models import BASELINE_ACCURACY, MNIST1DCNN, MNIST1DMLP
 
@@ -280,8 +287,14 @@ def test_recipe_settings_groups_and_schedule():
 def test_imagenet_recipe_end_to_end_on_fake_images(tmp_path):
     """EfficientNet-B2 from scratch, RMSpropTF with h's own groups, schedule, EMA, GAL
     surrogate (AMP is CUDA-only): two tiny epochs per arm on a CPU, then the cache."""
-    from galcore.experiments.imagenet_recipe import (efficientnet_b2_factory, fake_imagenet, imagenet_data, recipe_run,
-                                                     release_lr_factor, small_recipe)
+    from galcore.experiments.imagenet_recipe import (
+        efficientnet_b2_factory,
+        fake_imagenet,
+        imagenet_data,
+        recipe_run,
+        release_lr_factor,
+        small_recipe,
+    )
 
     r = small_recipe()
     data = fake_imagenet(8, 4, 10, r)
@@ -367,6 +380,8 @@ def test_cifar_absent_gives_a_clear_message(tmp_path):
         clf.default_setup("full", dataset="cifar100", data_root=str(tmp_path / "nodata"), download=False)
     with pytest.raises(ValueError, match="unknown dataset"):
         cifar_data("mnist", tmp_path, download=False)
+    with pytest.raises(FileNotFoundError, match="cifar10"):
+        clf.paper_benchmarks(data_root=str(tmp_path / "nodata"), download=False)
 
 
 def test_pretrained_weights_unavailable_falls_back_to_scratch(monkeypatch, capsys):

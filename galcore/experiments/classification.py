@@ -8,11 +8,11 @@ Benchmarks (:func:`benchmarks`):
 - **MNIST-1D** (Greydanus 2020; :func:`galcore.experiments.datasets.mnist1d`, generated
   offline): the paper's 4,000 training signals and a large generated test set (20,000) so that
   test-set sampling noise stays well below release-sized effects; the paper's 1-D CNN
-  (:class:`galcore.experiments.mnist1d_models.MNIST1DCNN`). Batch 200, 30 passes over the
-  training set, lr x0.1 after passes 20 and 25. The training set is presented as
-  ``PASSES_PER_EPOCH`` stacked copies per harness epoch (shuffled together), so the large test
-  set is evaluated every 5 passes rather than every pass (its evaluation would otherwise cost
-  as much as the training).
+  (:class:`galcore.experiments.mnist1d_models.MNIST1DCNN`). Batch 100 (the paper's), 30 passes
+  over the training set, lr x0.1 after passes 20 and 25. The training set is presented as
+  ``passes`` stacked copies per harness epoch (:func:`stack_passes`; shuffled together), so the
+  large test set is evaluated every 5 passes rather than every pass (its evaluation would
+  otherwise cost as much as the training).
 - **digits** (scikit-learn's 8 x 8 images, 1,347 / 450): :class:`galcore.experiments.models.SmallCNN`,
   12 epochs, batch 64, lr x0.1 at epochs 6 and 9: small and fast, the smoke profile's data; the
   release's four optimizers (SGD+momentum, Lookahead(SGD), AdaBound; and Adam) outside smoke.
@@ -21,10 +21,12 @@ Benchmarks (:func:`benchmarks`):
   (:mod:`galcore.experiments.imagenet_recipe`).
 
 GAL arms per optimizer (at most two): ``gal``, the release's CIFAR-10 setting (ratio 1e-3,
-scale 1, the release's linear h, accept on decrease; h in the model's optimizer), and
-``gal+h_adam``, the same with h trained by its own Adam (lr :data:`H_ADAM_LR`): an adaptive
-optimizer rescales h's tiny remainder gradient, so h learns (with the model's SGD it does not
-move; notebook 05 measures both), as the release's ImageNet recipe gives h its own ``gal_lr``.
+scale 1, the release's linear h, accept on decrease; h in the model's optimizer), and, for
+SGD+momentum, ``gal+h_adam``: the same with h trained by its own Adam (lr :data:`H_ADAM_LR`).
+An adaptive optimizer rescales h's tiny remainder gradient, so h learns (with the model's SGD
+it does not move; notebook 05 measures both), as the release's ImageNet recipe gives h its own
+``gal_lr``. Adam (and AdaBound) already adapt h's step inside the model's optimizer, so they run
+``gal`` only (:data:`ADAPTIVE_ARMS`); so does Lookahead(SGD), on digits, for budget.
 
 Verdicts: :func:`compare_table` calls :func:`galcore.experiments.harness.compare` for test
 error (margin :data:`MARGIN_ERROR` = 0.08 points, the release's smallest gain) and test NLL
