@@ -11,12 +11,19 @@ weights are bit-identical, a test holds it to that) and, every ``every``-th step
   adjustment has norm ``r |g_i|``; this ratio says what it is for the batch's step.
 - ``h_cosine``: the mean pairwise cosine between h's outputs ``h(x_i)`` over the batch (1: h
   points every sample the same way, so the adjustments add up over the batch).
+- ``adj_grad_cosine``: the mean over samples of the cosine between a sample's adjustment
+  ``A_i`` and its gradient ``g_i`` (-1: h learned to shorten every sample's step; about 0: a
+  direction unrelated to the gradient).
 - ``h_grad_rms``: the root mean square of the gradient h's parameters receive from the
   remainder objective (NaN for a frozen h). Adam divides by ``sqrt(v) + eps`` (eps 1e-8):
   far below eps its step is ``lr g / eps``, proportional to the gradient, not normalised.
 - ``output_gain``: ``||f(x; w_new) - f(x; w_old)|| / ||lr G||`` on the batch after the optimizer
   step: how much larger the outputs' real move is than GAL's tentative step ``lr (g + a)``
   at ``scale = 1``.
+
+The run's ``final`` counts ``rejected_rate`` (steps whose tentative loss rose, so the plain
+gradient was sent) apart from ``fallback_rate`` (steps with a fault: a non-finite or zero h
+output, loss or gradient).
 
 Per epoch it adds ``coherence_adj``/``coherence_grad`` (``||sum_t v_t|| / sum_t ||v_t||`` of
 the measured steps' parameter-space vectors: 1 when every step points the same way, about
@@ -53,7 +60,7 @@ from galcore.gal import GAL
 __all__ = ["DIAGNOSTICS", "decay_drift", "diverged", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
 
 #: per-step diagnostics averaged into each epoch's row (see the module docstring)
-DIAGNOSTICS = ("pert_ratio", "h_cosine", "output_gain", "h_grad_rms")
+DIAGNOSTICS = ("pert_ratio", "h_cosine", "adj_grad_cosine", "output_gain", "h_grad_rms")
 
 
 def pairwise_cosine(v: Tensor) -> float:
@@ -149,6 +156,10 @@ def _measured_step(
     ep.rows["h_grad_rms"].append(float(_flat(hg).pow(2).mean().sqrt()) if hg else float("nan"))
     x32 = out.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(loss_of(x32), x32)  # the plain gradient in the model's dtype
+    adj = chosen - g
+    norms = adj.norm(dim=1) * g.norm(dim=1)
+    cos = (adj * g).sum(1)[norms > 0] / norms[norms > 0]
+    ep.rows["adj_grad_cosine"].append(float(cos.mean()) if cos.numel() else float("nan"))
     jg = torch.autograd.grad(out, params, g, retain_graph=True)
     out.backward(chosen)  # exactly what gal.backward(out, ...) sends through the model
     jc = _flat([p.grad for p in params])
@@ -189,7 +200,7 @@ def _train_traced(cfg: TrainConfig, data: Data, model: nn.Module, every: int, pr
 
     history: list[dict[str, float]] = []
     first: dict[str, float] = {}
-    step = 0
+    step = accepted = faults = 0
     start, cpu_start = time.perf_counter(), time.process_time()
     epochs: Any = range(cfg.epochs)
     if progress:
@@ -226,6 +237,8 @@ def _train_traced(cfg: TrainConfig, data: Data, model: nn.Module, every: int, pr
             sched.step()
         row: dict[str, float] = {"epoch": epoch + 1, "epoch_time": time.perf_counter() - t0}
         row.update(harness._epoch_stats(losses, records))
+        accepted += int(torch.stack([r.accepted for r in records]).sum())
+        faults += int(torch.stack([r.fallback for r in records]).sum())
         row.update(ep.summary())
         row["h_drift"] = _drift(h_params, h0)
         row.update(harness.evaluate(model, x_te, y_te, cfg, data.y_scale))
@@ -235,6 +248,8 @@ def _train_traced(cfg: TrainConfig, data: Data, model: nn.Module, every: int, pr
     final["mean_epoch_time"] = sum(h["epoch_time"] for h in history) / len(history)
     final.update(first)
     final["steps"] = step
+    final["rejected_rate"] = (step - accepted - faults) / step  # tentative loss rose: plain gradient sent
+    final["fallback_rate"] = faults / step  # a fault (non-finite or zero h output, loss, gradient)
     final["decay_drift"] = decay_drift(cfg, h0, step)
     for name in (*DIAGNOSTICS, "coherence_adj", "coherence_grad", "net_ratio"):
         final[f"{name}_mean"] = _nanmean([h.get(name, float("nan")) for h in history])
