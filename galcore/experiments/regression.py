@@ -51,6 +51,7 @@ __all__ = [
     "RATIO",
     "RELEASE_ERRORS",
     "RELEASE_RATIOS",
+    "SUMMARY",
     "angle_targets",
     "angles_of",
     "angular_error",
