@@ -452,10 +452,52 @@ def _fmt(v: float) -> str:
     return "inf" if v == math.inf else f"{v:.3g}"
 
 
+def _counts(verdicts: pd.Series) -> str:
+    """``"2 equivalent, 1 inconclusive"``: how many rows have each verdict."""
+    return ", ".join(f"{n} {v}" for v, n in verdicts.value_counts().items())
+
+
 def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | None = None) -> str:
-    """A few sentences computed from :func:`compare_task`'s verdicts (and :func:`h_probe`'s
-    measurements, keyed by dataset): per dataset and optimizer what GAL did to test RMSE, what
-    learning h changed, and what this many seeds can and cannot resolve."""
+    """The notebook's conclusion, computed from :func:`compare_task`'s verdicts (and
+    :func:`h_probe`'s measurements, keyed by a label): a headline per question, then per dataset
+    and optimizer the numbers behind each verdict, with what this many seeds can resolve."""
+    rmse = table[(table["setting"] == "gal vs standard") & (table["metric"] == "test_rmse")]
+    mech = table[(table["setting"] == "gal vs gal_frozen") & (table["metric"] == "remainder_ratio")]
+    multi, single = rmse[rmse["outputs"] > 1], rmse[rmse["outputs"] == 1]
+    head = []
+    if len(multi):
+        head.append(
+            f"**GAL vs standard, test RMSE with {', '.join(sorted({str(int(c)) for c in multi['outputs']}))} outputs** "
+            f"(at the epoch with the lowest validation loss), {len(multi)} settings: {_counts(multi['verdict'])}. "
+            + ("Where equivalent, GAL's effect lies within ±margin, a difference smaller than every gain the release "
+               f"reports on CIFAR ({100 * margin_fraction():.2f}% of the error and up). "
+               if (multi["verdict"] == "equivalent").any() else "")
+            + ("Where inconclusive, the smallest detectable difference (mde) is larger than the margin: more seeds are "
+               "needed (`seeds_needed`). " if (multi["verdict"] == "inconclusive").any() else "")
+        )
+    m_multi = mech[mech["outputs"] > 1]
+    if len(m_multi):
+        better = m_multi["verdict"] == "better"
+        moved = any(p["outputs"] > 1 and p["h_grad_max"] > 0 and p["h_drift"] > 0 for p in (probes or {}).values())
+        why = ("For MSE that remainder is exactly |delta|^2/(B·C), which h can lower only by pointing a_i against g_i, "
+               "i.e. by predicting the direction of the residual from the model's output alone. ")
+        head.append(
+            f"**Does the learned h shorten the step's remainder, compared with a frozen random h?** {_counts(m_multi['verdict'])}. "
+            + ("It does in every setting: with two or more outputs h learns a direction that lowers the remainder. "
+               if better.all() else
+               ("h receives a gradient and its weights move (below), but " if moved else "")
+               + "in no setting is the adjusted step's remainder shown to be smaller with the learned h than with a "
+               "random one. " + why
+               if not better.any() else
+               "The learned h lowers the remainder in some settings only (the table below). " + why)
+        )
+    if len(single):
+        frozen = table[(table["setting"] == "gal vs gal_frozen") & (table["metric"] == "test_rmse") & (table["outputs"] == 1)]
+        head.append(
+            f"**One output:** GAL vs standard {_counts(single['verdict'])}; learned vs frozen h {_counts(frozen['verdict'])}"
+            + (": h never changes (its gradient is that of a sign, zero), so GAL is a fixed random rescaling of each "
+               "sample's gradient by 1 ± r. " if len(frozen) and (frozen["verdict"] == "identical").all() else ". ")
+        )
     lines = []
     for (ds, c, opt), g in table.groupby(["dataset", "outputs", "optimizer"], sort=False):
         g = g.set_index(["setting", "metric"])
@@ -482,16 +524,16 @@ def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | 
         if key in g.index:
             r = g.loc[key]
             parts.append(
-                f"remainder of the adjusted step relative to the plain one, learned vs frozen h: **{r['verdict']}** "
-                f"({r['mean_control']:.3f} -> {r['mean_treatment']:.3f}, margin {_fmt(r['margin'])})"
+                f"|remainder| of the adjusted step over the plain one, learned vs frozen h: **{r['verdict']}** "
+                f"({r['mean_control']:.3f} -> {r['mean_treatment']:.3f}, mde {_fmt(r['mde'])}, margin {_fmt(r['margin'])})"
             )
         lines.append(f"- {ds} (C = {int(c)}), {opt}: " + "; ".join(parts) + ".")
-    for ds, p in (probes or {}).items():
+    for label, p in (probes or {}).items():
         lines.append(
-            f"- h in {ds} (C = {int(p['outputs'])}): largest gradient norm {p['h_grad_max']:.2e} "
-            f"(model's median {p['model_grad_median']:.2e}), largest change of an h weight {p['h_drift']:.2e}."
+            f"- h in {label} (C = {int(p['outputs'])}): largest gradient norm {p['h_grad_max']:.2e} "
+            f"(the model's median {p['model_grad_median']:.2e}), largest change of an h weight {p['h_drift']:.2e}."
         )
-    return "\n".join(lines)
+    return "\n\n".join(h.strip() for h in head) + "\n\n" + "\n".join(lines)
 
 
 # -- what h receives ----------------------------------------------------------------------------
@@ -609,7 +651,6 @@ def plot_curves(hists: pd.DataFrame, finals: pd.DataFrame, metric: str = "test_r
         ax.set_title(f"{ds} / {opt}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.set_yscale("log")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
