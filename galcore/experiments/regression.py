@@ -63,6 +63,7 @@ __all__ = [
     "gal_options",
     "h_probe",
     "load",
+    "margin_for",
     "margin_fraction",
     "plot_curves",
     "plot_examples",
@@ -400,7 +401,7 @@ def margin_fraction(dataset_prefix: str = "CIFAR") -> float:
     return float(sel["relative_gain"].min())
 
 
-def _margin(metric: str, control_mean: float, ratio: float) -> float:
+def margin_for(metric: str, control_mean: float, ratio: float = RATIO) -> float:
     """The margin of ``metric``: :func:`margin_fraction` of the control's mean error, or for the
     remainder ratio 5% of what a perfect h could take off a random h's ratio (``(1 + r^2) -
     (1 - r)^2 = 2r``), i.e. ``0.1 r``."""
@@ -414,7 +415,7 @@ def compare_task(
 ) -> pd.DataFrame:
     """Every comparison (treatment, control, metric) per dataset and optimizer, by
     :func:`harness.compare`: the paired difference over seeds, ``mde``, ``margin``
-    (:func:`_margin`), ``verdict``, ``seeds_needed`` at the margin. Lower is better for every
+    (:func:`margin_for`), ``verdict``, ``seeds_needed`` at the margin. Lower is better for every
     metric here; ``ratio`` is GAL's r (it sizes the remainder ratio's margin). Rows gain
     ``dataset``, ``outputs``, ``optimizer`` and ``setting``."""
     rows = []
@@ -425,7 +426,7 @@ def compare_task(
                 continue
             if (sub["arm"] == control).sum() == 0 or (sub["arm"] == arm).sum() == 0:
                 continue
-            margin = _margin(metric, float(sub.loc[sub["arm"] == control, metric].mean()), ratio)
+            margin = margin_for(metric, float(sub.loc[sub["arm"] == control, metric].mean()), ratio)
             t = harness.compare(sub, metric, control=control, margin=margin, lower_is_better=True)
             t.insert(0, "setting", f"{arm} vs {control}")
             t.insert(0, "optimizer", opt)
