@@ -186,7 +186,7 @@ def test_run_task_one_output_learned_and_frozen_h_are_identical(tmp_path, monkey
     assert (finals["outputs"] == 1).all() and (finals["dataset"] == "diabetes").all()
     assert set(finals["best_epoch"]) <= {1, 2}
     gal = finals[finals["arm"] != "standard"]
-    assert gal["remainder_ratio"].between(0.5, 1.5).all()
+    assert gal["remainder_ratio"].between(0.5, 1.5).all() and gal["remainder_ratio_all"].between(0.5, 1.5).all()
     assert finals.loc[finals["arm"] == "standard", "remainder_ratio"].isna().all()
     assert set(hists["epoch"]) == {1, 2}
     table = R.compare_task(finals)
@@ -197,6 +197,21 @@ def test_run_task_one_output_learned_and_frozen_h_are_identical(tmp_path, monkey
     again, _ = R.run_task(s, ("adam",), progress=False)
     pd.testing.assert_series_equal(again["test_rmse"], finals["test_rmse"])
     assert list(R.summary_table(table).columns) == R.SUMMARY
+
+
+def test_remainder_ratio_over_the_last_epochs() -> None:
+    rows = []
+    for seed in (0, 1):
+        for epoch in range(1, 9):  # the adjusted remainder falls from 1.0 to 0.3 of the plain one
+            rows.append({"arm": "gal", "seed": seed, "epoch": epoch, "remainder_abs": (1.1 - 0.1 * epoch) * (seed + 1),
+                         "remainder_plain_abs": float(seed + 1)})
+    h = pd.DataFrame(rows)
+    late = R.remainder_ratio(h)  # the last quarter: epochs 7 and 8
+    assert late.loc[("gal", 0)] == pytest.approx((0.4 + 0.3) / 2) and late.loc[("gal", 1)] == pytest.approx(0.35)
+    assert R.remainder_ratio(h, 1.0).loc[("gal", 0)] == pytest.approx(np.mean([1.1 - 0.1 * e for e in range(1, 9)]))
+    assert R.remainder_ratio(h, 0.01).loc[("gal", 0)] == pytest.approx(0.3)  # at least the last epoch
+    with pytest.raises(ValueError, match="tail"):
+        R.remainder_ratio(h, 0.0)
 
 
 # -- margins and verdicts ---------------------------------------------------------------------
