@@ -349,7 +349,7 @@ def code_files() -> list[Path]:
 def _files_digest() -> str:
     digest = hashlib.sha256()
     for path in code_files():
-        digest.update(path.relative_to(_PACKAGE.parent).as_posix().encode())
+        digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -363,7 +363,9 @@ def _class_source(cls: type) -> str:
 
 def code_fingerprint(model: nn.Module | None = None) -> str:
     """sha256 (hex) of :func:`code_files` and, given a model, of the source of every
-    ``nn.Module`` class in it outside torch (``inspect.getsource``), plus torch's version."""
+    ``nn.Module`` class in it outside torch (``inspect.getsource``), plus torch's version.
+    A class without retrievable source (defined in a notebook cell) enters by name only: its
+    structure and weights still key the run (:func:`model_fingerprint`), its code does not."""
     digest = hashlib.sha256(_files_digest().encode())
     digest.update(torch.__version__.encode())
     if model is not None:
@@ -544,7 +546,7 @@ def _train(cfg: TrainConfig, data: Data, model: nn.Module, progress: bool) -> Ru
     val_fn = None
     if data.x_val is not None and data.y_val is not None:
         x_va, y_va = data.x_val.to(device), data.y_val.to(device)
-        val_fn = lambda m: evaluate(m, x_va, y_va, cfg, data.y_scale, prefix="val")  # noqa: E731
+        val_fn = lambda m: evaluate(m, x_va, y_va, cfg, data.y_scale, prefix="val")
     return _fit(cfg, model, data.num_outputs, batches, lambda m: evaluate(m, x_te, y_te, cfg, data.y_scale), val_fn, progress)
 
 
