@@ -446,14 +446,15 @@ def show_mechanism(finals: pd.DataFrame, hists: pd.DataFrame, folder: str = OUT,
     f = _with_labels(finals[finals["arm"] != "standard"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ax = axes[0]
-    for col, style, name in (("pert_ratio_init", "-o", "||J^T A|| / ||J^T G||, first step"),
-                             ("pert_ratio_mean", "-^", "same, mean over training"),
-                             ("net_ratio_mean", "-s", "net over an epoch, mean")):
-        for norm, ls in (("sample", ""), ("batch", "--")):
+    for i, (col, marker, name) in enumerate((("pert_ratio_init", "o", "||J^T A|| / ||J^T G||, first step"),
+                                             ("pert_ratio_mean", "^", "same, mean over training"),
+                                             ("net_ratio_mean", "s", "net over an epoch, mean"))):
+        for norm, ls in (("sample", "-"), ("batch", "--")):
             sub = f[(f["h"] == "frozen") & (f["normalize"] == norm)]
             if not sub.empty:
                 y = sub.groupby("ratio")[col].mean()
-                ax.plot(y.index, y.values, style + ls if ls else style, ms=4, label=name + (" (batch)" if ls else ""))
+                ax.plot(y.index, y.values, marker=marker, linestyle=ls, color=f"C{i}", ms=4,
+                        label=name + (" (batch)" if norm == "batch" else ""))
     rs = np.array(sorted(f["ratio"].unique()))
     ax.plot(rs, rs, ":", color="k", label="r (the per-sample bound)")
     ax.set(xscale="log", yscale="log", xlabel="ratio r", ylabel="adjustment / gradient, parameter space")
