@@ -21,7 +21,11 @@ Studies (:func:`studies`):
 - ``space``: output vs parameter space on a model small enough for :class:`galcore.ParamGAL`.
 
 :func:`verdicts` compares arms with :func:`galcore.experiments.harness.compare` on test NLL and
-test error (margins in :data:`MARGIN_ERROR` and :func:`loss_margin`).
+test error (margins in :data:`MARGIN_ERROR` and :func:`loss_margin`). The rest of the module is
+the notebook's views: tables (``*_view``, :func:`arm_table`), figures (``show_*``, through
+:func:`galcore.experiments.plots.show`), the text of the findings (``*_text``,
+:func:`conclusion`: every number and verdict computed, each reading stated only when the
+numbers support it) and the files (:func:`save_summary`, :func:`save_conclusion`).
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ from galcore.experiments.profile import Profile, choose, get_profile
 _GAL_DEFAULTS = GALConfig()
 
 __all__ = [
-    "H_MODES", "MARGIN_ERROR", "OUT", "RATIOS", "Study", "arm_table", "dose_table", "gal_arm", "label", "loss_margin",
-    "run_study", "setup", "space_setup", "split_label", "studies", "verdicts",
+    "H_MODES", "MARGIN_ERROR", "MARGIN_LOSS_FRACTION", "OUT", "RATIOS", "SHORT", "Study", "accept_text", "arm_table",
+    "base_text", "batch_text", "conclusion", "dose_text", "factors_text", "gal_arm", "label", "loss_margin",
+    "mechanism_text", "mechanism_view", "ray_table", "results_view", "run_study", "save_conclusion", "save_summary",
+    "setup", "setup_table", "show_dose", "show_mechanism", "show_verdicts", "space_setup", "space_text",
+    "split_label", "studies", "summary_frame", "verdict_view", "verdicts",
 ]
 
 OUT = "05_ablations"
@@ -306,23 +313,6 @@ def verdicts(study: Study, finals: pd.DataFrame, *, margin_loss: float | None = 
     return out
 
 
-def dose_table(finals: pd.DataFrame) -> pd.DataFrame:
-    """The dose-response per arm: means over seeds of test NLL and error, acceptance,
-    |R_gal|/|R_plain|, h's drift and the drift weight decay alone gives, the mechanism's
-    ratios, and the number of diverged seeds."""
-    cols = {
-        "test_loss": "mean", "test_error": "mean", "accept_rate_mean": "mean", "remainder_ratio": "mean",
-        "h_drift": "mean", "decay_drift": "mean", "pert_ratio_init": "mean", "pert_ratio_mean": "mean",
-        "h_cosine_init": "mean", "h_cosine_mean": "mean", "coherence_adj_mean": "mean", "coherence_grad_mean": "mean",
-        "net_ratio_mean": "mean", "output_gain_mean": "median", "diverged": "sum",
-    }
-    present = {k: v for k, v in cols.items() if k in finals.columns}
-    table = finals.groupby("arm", sort=False).agg(present)
-    table.insert(0, "seeds", finals.groupby("arm", sort=False).size())
-    return table
-
-
-# -- views: tables and figures of the notebook -------------------------------------------------
 def _count(values: pd.Series) -> str:
     return f"{int(values.sum())}/{len(values)}"
 
@@ -398,10 +388,6 @@ def verdict_view(verdicts: pd.DataFrame) -> pd.DataFrame:
     """The verdict rows with the columns a reader needs, test NLL rows first."""
     v = verdicts[VERDICT_COLUMNS].copy()
     return v.sort_values("metric", kind="stable", key=lambda m: m != "test_loss").reset_index(drop=True)
-
-
-def _median_by(f: pd.DataFrame, keys: list[str], col: str) -> pd.Series:
-    return f.groupby(keys)[col].median()
 
 
 def show_dose(finals: pd.DataFrame, folder: str = OUT) -> Any:
@@ -501,6 +487,11 @@ def show_verdicts(verdicts: pd.DataFrame, metric: str, name: str, folder: str = 
             ax.annotate(r["verdict"], (1.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
                         textcoords="offset points", va="center", fontsize=7)
         ax.set_xscale("symlog", linthresh=m)
+        top = float(np.nanmax(np.abs(rows[["low", "high"]].to_numpy(dtype=float)))) if len(rows) else m
+        lo, hi = int(np.floor(np.log10(m))), int(np.ceil(np.log10(max(top, m))))
+        decades = list(range(lo + 1, hi + 1, max(1, (hi - lo) // 3 + 1))) or [lo + 1]  # none inside the linear band
+        ax.set_xticks([0.0] + [sign * 10.0**d for d in decades for sign in (-1, 1)])
+        ax.tick_params(axis="x", labelsize=7)
         ax.set_title(f"vs {c}", fontsize=9)
         ax.set_xlabel(f"{metric}: treatment - control")
     axes[0][0].set_yticks(range(len(arms)))
@@ -519,10 +510,6 @@ def _g(x: float) -> str:
 def _span(values: pd.Series) -> str:
     lo, hi = float(values.min()), float(values.max())
     return _g(lo) if _g(lo) == _g(hi) else f"{_g(lo)}-{_g(hi)}"
-
-
-def _arm_mean(finals: pd.DataFrame, arm: str, col: str) -> float:
-    return float(finals.loc[finals["arm"] == arm, col].mean())
 
 
 def mechanism_text(finals: pd.DataFrame) -> str:
@@ -747,8 +734,8 @@ def space_text(verdicts: pd.DataFrame) -> str:
                      for _, r in rows.iterrows())
 
 
-#: the comparisons summary.csv keeps (the headline of each study; the notebook shows all)
 def _headline(study: str, v: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons summary.csv keeps: each study's headline (the notebook shows all)."""
     if study == "dose":
         return v[v["control"] == "standard"]
     if study == "batch":
@@ -784,7 +771,7 @@ def conclusion(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
     (``{study: (finals, verdicts)}`` for dose, batch, accept, factors, space)."""
     dose_f, dose_v = results["dose"]
     parts = ["**Dose-response.** " + dose_text(dose_f, dose_v),
-             "**Why large r collapses training.**\n" + mechanism_text(dose_f)]
+             "**The mechanism** (dose-response arms, per-sample normalisation):\n" + mechanism_text(dose_f)]
     if "batch" in results:
         parts.append("**normalize=\"batch\".**\n" + batch_text(*results["batch"]))
     if "accept" in results:
