@@ -225,3 +225,37 @@ def test_compare_builds_one_row_per_treatment_with_a_verdict() -> None:
         compare(finals, "m", margin=0.0, lower_is_better=True)
     with pytest.raises(ValueError, match="control"):
         compare(finals, "m", control="nobody", margin=0.1, lower_is_better=True)
+
+
+class _CountingHook(H.StepHook):
+    key = "count"
+
+    def __init__(self) -> None:
+        self.steps = self.epochs = 0
+
+    def after_step(self, model: nn.Module, xb: torch.Tensor, out: torch.Tensor, lr: float) -> None:
+        self.steps += 1
+
+    def end_epoch(self, row: dict[str, float], records: list) -> None:
+        self.epochs += 1
+        row["hooked_steps"] = float(self.steps)
+
+    def end_run(self, final: dict[str, float]) -> None:
+        final["hooked"] = 1.0
+
+
+def test_a_step_hook_watches_without_changing_the_run(results: Path) -> None:
+    cfg = dataclasses.replace(BASE, epochs=2, gal={"ratio": 0.1})
+    model_fn = lambda: MLP(16, 4, hidden=(8,))  # noqa: E731
+    hook = _CountingHook()
+    hooked = run(cfg, _data(0), model_fn, hook=hook, cache=True)
+    plain = run(cfg, _data(0), model_fn, cache=True)
+    assert hooked.weights_hash == plain.weights_hash
+    assert (hook.steps, hook.epochs) == (8, 2) and [h["hooked_steps"] for h in hooked.history] == [4.0, 8.0]
+    assert hooked.final["hooked"] == 1.0 and "hooked" not in plain.final
+    assert len(list((results / "cache").glob("*.json"))) == 2  # the hook's key keeps its record apart
+    with pytest.raises(ValueError, match="output-space GAL"):
+        run(BASE, _data(0), model_fn, hook=_CountingHook())
+    finals, _ = run_arms({"standard": BASE, "gal": cfg}, [0], _data(0), model_fn, progress=False,
+                         hook=lambda c: _CountingHook() if c.gal is not None else None)
+    assert finals.set_index("arm").loc["gal", "hooked"] == 1.0

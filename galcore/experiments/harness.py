@@ -58,6 +58,7 @@ __all__ = [
     "Data",
     "RunResult",
     "Setup",
+    "StepHook",
     "TrainConfig",
     "build_gal",
     "cache_key",
@@ -515,21 +516,52 @@ def _optimizers(cfg: TrainConfig, model: nn.Module, gal: GAL | ParamGAL | None) 
     return make_optimizer(cfg.optimizer, groups, cfg.lr, **dict(cfg.optimizer_kwargs)), h_opt
 
 
-def run(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = False, progress: bool = False) -> RunResult:
+class StepHook:
+    """Watches the output-space GAL steps of one :func:`run` (and may measure inside them);
+    the default methods do nothing. A hook must not change what the step sends back to the
+    model or h, so that a hooked run takes the same steps as a plain one (the final weights
+    are bit-identical; :mod:`galcore.experiments.mechanism` is the example). ``key`` names
+    what the hook records and enters the run's cache key."""
+
+    key = ""
+
+    def start(self, cfg: TrainConfig, model: nn.Module, gal: GAL | ParamGAL | None) -> None:
+        """Called once, after the model, GAL and the optimizers are built."""
+
+    def backward(self, gal: GAL, out: Tensor, loss_of: Callable[[Tensor], Tensor], lr: float) -> GALStep:
+        """One step's ``gal.backward(out, loss_of, lr)`` (a hook may measure around it)."""
+        return gal.backward(out, loss_of, lr)
+
+    def after_step(self, model: nn.Module, xb: Tensor, out: Tensor, lr: float) -> None:
+        """Called after the optimizers stepped, with the batch and its outputs before the step."""
+
+    def end_epoch(self, row: dict[str, float], records: list[GALStep]) -> None:
+        """Add the epoch's measurements to its history ``row``."""
+
+    def end_run(self, final: dict[str, float]) -> None:
+        """Add the run's measurements to its ``final`` metrics."""
+
+
+def run(
+    cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = False, progress: bool = False,
+    hook: StepHook | None = None,
+) -> RunResult:
     """Train one model under ``cfg`` on ``data`` (in memory) and return its result.
 
     ``model_fn()`` is called right after ``torch.manual_seed(cfg.seed)``. With ``cache`` the
-    result is read from / written to ``results/cache`` under :func:`cache_key`. ``progress``
-    shows a bar over epochs."""
+    result is read from / written to ``results/cache`` under :func:`cache_key` (and the
+    hook's ``key``). ``progress`` shows a bar over epochs. ``hook``: a :class:`StepHook`."""
     if cfg.select is not None and not data.has_val:
         raise ValueError(f"select={cfg.select!r} needs validation data: give Data x_val and y_val")
     torch.manual_seed(cfg.seed)
     model = model_fn()
-    key = cache_key(cfg, data, model) if cache else None
-    return cached(cfg, lambda: _train(cfg, data, model, progress), cache, key=key)
+    key = None
+    if cache:
+        key = cache_key(cfg, data, model) + (f"-{hook.key}" if hook is not None and hook.key else "")
+    return cached(cfg, lambda: _train(cfg, data, model, progress, hook), cache, key=key)
 
 
-def _train(cfg: TrainConfig, data: Data, model: nn.Module, progress: bool) -> RunResult:
+def _train(cfg: TrainConfig, data: Data, model: nn.Module, progress: bool, hook: StepHook | None = None) -> RunResult:
     """In-memory data: batches are slices of a seeded permutation (no per-sample Python)."""
     device = _device(cfg.device)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
@@ -547,7 +579,10 @@ def _train(cfg: TrainConfig, data: Data, model: nn.Module, progress: bool) -> Ru
     if data.x_val is not None and data.y_val is not None:
         x_va, y_va = data.x_val.to(device), data.y_val.to(device)
         val_fn = lambda m: evaluate(m, x_va, y_va, cfg, data.y_scale, prefix="val")
-    return _fit(cfg, model, data.num_outputs, batches, lambda m: evaluate(m, x_te, y_te, cfg, data.y_scale), val_fn, progress)
+    return _fit(
+        cfg, model, data.num_outputs, batches, lambda m: evaluate(m, x_te, y_te, cfg, data.y_scale), val_fn, progress,
+        hook,
+    )
 
 
 def train_loop(
@@ -587,6 +622,7 @@ def _fit(
     evaluate_fn: Callable[[nn.Module], dict[str, float]],
     val_fn: Callable[[nn.Module], dict[str, float]] | None,
     progress: bool,
+    hook: StepHook | None = None,
 ) -> RunResult:
     """Train ``model`` (just built after seeding) under ``cfg``. The recorded ``train_loss`` is
     the model-dtype loss of each batch's outputs for every arm (GAL's own float64 loss is not
@@ -602,6 +638,10 @@ def _fit(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), 0.1) if cfg.milestones else None
     loss_fn = loss_function(cfg.loss)
     probe = RemainderProbe(model, every=cfg.probe_every, dtype=torch.float64) if cfg.probe_every else None
+    if hook is not None:
+        if gal is None or isinstance(gal, ParamGAL):
+            raise ValueError("a StepHook watches output-space GAL runs: give gal options and space='output'")
+        hook.start(cfg, model, gal)
 
     history: list[dict[str, float]] = []
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -631,7 +671,8 @@ def _fit(
                 losses.append(rec.loss)  # parameter space: the model ran in GAL's compute dtype
             else:
                 out = model(xb)
-                rec = gal.backward(out, lambda o, yb=yb: loss_fn(o, yb), lr)
+                loss_of = lambda o, yb=yb: loss_fn(o, yb)
+                rec = gal.backward(out, loss_of, lr) if hook is None else hook.backward(gal, out, loss_of, lr)
                 records.append(rec)
                 losses.append(loss_fn(out.detach(), yb))
             if probe is not None:
@@ -641,12 +682,16 @@ def _fit(
                 opt.step()
             if h_opt is not None:
                 h_opt.step()
+            if hook is not None:
+                hook.after_step(model, xb, out, lr)
         if sched is not None:
             sched.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         row: dict[str, float] = {"epoch": epoch + 1, "epoch_time": time.perf_counter() - t0}
         row.update(_epoch_stats(losses, records))
+        if hook is not None:
+            hook.end_epoch(row, records)
         row.update(evaluate_fn(model))
         if val_fn is not None:
             row.update(val_fn(model))
@@ -658,6 +703,8 @@ def _fit(
     if cfg.select is not None:
         final["best_epoch"] = history[best]["epoch"]
     final["mean_epoch_time"] = sum(h["epoch_time"] for h in history) / len(history)
+    if hook is not None:
+        hook.end_run(final)
     return RunResult(asdict(cfg), history, final, seconds, probe_rows, state_hash(model), cpu)
 
 
@@ -684,6 +731,7 @@ def run_arms(
     *,
     cache: bool = False,
     progress: bool = True,
+    hook: Callable[[TrainConfig], StepHook | None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every arm for every seed (the seed overrides each config's), seed-major.
 
@@ -691,7 +739,8 @@ def run_arms(
     metrics, ``seconds``, ``cpu_seconds``, ``weights_hash`` (and ``accept_rate_mean``, the
     epochs' mean, for GAL arms); and one row per (arm, seed, epoch). ``progress`` shows runs
     done / total, the current arm and seed, elapsed and remaining
-    (:mod:`galcore.experiments.progress`)."""
+    (:mod:`galcore.experiments.progress`). ``hook(cfg)`` gives each run's :class:`StepHook`
+    (or ``None``)."""
     if not arms:
         raise ValueError("arms: give at least one arm")
     if not seeds:
@@ -703,7 +752,8 @@ def run_arms(
         for name, seed in jobs:
             bar.set_postfix(arm=name, seed=seed, refresh=False)
             bar.update(0)  # redraw (rate-limited) so the running arm shows
-            res = run(replace(arms[name], seed=seed), data, model_fn, cache=cache)
+            cfg = replace(arms[name], seed=seed)
+            res = run(cfg, data, model_fn, cache=cache, hook=None if hook is None else hook(cfg))
             row = {"arm": name, "seed": seed, **res.final, "seconds": res.seconds, "cpu_seconds": res.cpu_seconds,
                    "weights_hash": res.weights_hash}
             if res.history and "accept_rate" in res.history[0]:

@@ -40,9 +40,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,7 @@ from torch import Tensor, nn
 
 from galcore.experiments import harness
 from galcore.experiments.harness import Data, RunResult, TrainConfig
-from galcore.experiments.optim import current_lr, make_optimizer
-from galcore.experiments.progress import progress as progress_bar
+from galcore.experiments.optim import make_optimizer
 from galcore.gal import GAL
 
 __all__ = ["DIAGNOSTICS", "decay_drift", "diverged", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
@@ -142,174 +140,137 @@ class _EpochTrace:
         return out
 
 
-def _measured_step(
-    model: nn.Module, params: list[Tensor], gal: GAL, out: Tensor, loss_of: Callable[[Tensor], Tensor], lr: float,
-    ep: _EpochTrace,
-) -> Any:
-    """``gal.backward(out, loss_of, lr)`` (same gradients into the model and h), measuring the
-    batch's ``pert_ratio``, ``h_cosine`` and recording the vectors for the epoch's sums.
-    Returns the step's record and the plain output gradient (for ``output_gain``)."""
-    leaf = out.detach().requires_grad_(True)
-    rec = gal.backward(leaf, loss_of, lr)  # h's gradient accumulates as in gal.backward(out, ...)
-    chosen = leaf.grad
-    hg = [p.grad for p in gal.h.parameters() if p.grad is not None]
-    ep.rows["h_grad_rms"].append(float(_flat(hg).pow(2).mean().sqrt()) if hg else float("nan"))
-    x32 = out.detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(loss_of(x32), x32)  # the plain gradient in the model's dtype
-    adj = chosen - g
-    norms = adj.norm(dim=1) * g.norm(dim=1)
-    cos = (adj * g).sum(1)[norms > 0] / norms[norms > 0]
-    ep.rows["adj_grad_cosine"].append(float(cos.mean()) if cos.numel() else float("nan"))
-    jg = torch.autograd.grad(out, params, g, retain_graph=True)
-    out.backward(chosen)  # exactly what gal.backward(out, ...) sends through the model
-    jc = _flat([p.grad for p in params])
-    jg_flat = _flat(jg)
-    ep.add_vectors(jc - jg_flat, jg_flat)
-    with torch.no_grad():
-        ep.rows["h_cosine"].append(pairwise_cosine(gal.h(out.detach().to(next(gal.h.parameters()).dtype))))
-    return rec, g
+class Tracer(harness.StepHook):
+    """The measurements of :func:`trace` as a :class:`~galcore.experiments.harness.StepHook`:
+    the harness trains as always; every ``every``-th step the GAL step is taken apart (same
+    gradients into the model and h) and measured."""
 
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.key = f"trace{every}-{_SOURCE}"
+        self.step = self.accepted = self.faults = 0
+        self.first: dict[str, float] = {}
+        self.ep = _EpochTrace()
+        self.g: Tensor | None = None
 
-def _train_traced(cfg: TrainConfig, data: Data, model: nn.Module, every: int, progress: bool) -> RunResult:
-    """Mirror of the harness's training loop (same order of every random and optimizer
-    operation) with the measurements of :func:`trace`."""
-    if cfg.space != "output" or cfg.gal is None:
-        raise ValueError("trace measures output-space GAL runs: give a config with gal options and space='output'")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError("epochs and batch_size must be >= 1")
-    device = harness._device(cfg.device)
-    model = model.to(device)
-    gal = harness.build_gal(cfg, model, data.num_outputs, device)
-    assert isinstance(gal, GAL)
-    opt, h_opt = harness._optimizers(cfg, model, gal)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), 0.1) if cfg.milestones else None
-    loss_fn = harness.loss_function(cfg.loss)
-    params = [p for p in model.parameters() if p.requires_grad]
-    h_params = list(gal.h.parameters())
-    h0 = [p.detach().clone() for p in h_params]
-    x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
-    x_te, y_te = data.x_test.to(device), data.y_test.to(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n = len(x_tr)
+    def start(self, cfg: TrainConfig, model: nn.Module, gal: Any) -> None:
+        self.cfg, self.gal = cfg, gal
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.h_params = list(gal.h.parameters())
+        self.h0 = [p.detach().clone() for p in self.h_params]
 
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        order = torch.randperm(n, generator=gen).to(device)
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            yield x_tr[idx], y_tr[idx]
+    def backward(self, gal: GAL, out: Tensor, loss_of: Callable[[Tensor], Tensor], lr: float) -> Any:
+        if self.step % self.every != 0:
+            self.g = None
+            return gal.backward(out, loss_of, lr)
+        ep = self.ep
+        leaf = out.detach().requires_grad_(True)
+        rec = gal.backward(leaf, loss_of, lr)  # h's gradient accumulates as in gal.backward(out, ...)
+        chosen = leaf.grad
+        hg = [p.grad for p in gal.h.parameters() if p.grad is not None]
+        ep.rows["h_grad_rms"].append(float(_flat(hg).pow(2).mean().sqrt()) if hg else float("nan"))
+        x32 = out.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_of(x32), x32)  # the plain gradient in the model's dtype
+        adj = chosen - g
+        norms = adj.norm(dim=1) * g.norm(dim=1)
+        cos = (adj * g).sum(1)[norms > 0] / norms[norms > 0]
+        ep.rows["adj_grad_cosine"].append(float(cos.mean()) if cos.numel() else float("nan"))
+        jg = torch.autograd.grad(out, self.params, g, retain_graph=True)
+        out.backward(chosen)  # exactly what gal.backward(out, ...) sends through the model
+        jc = _flat([p.grad for p in self.params])
+        jg_flat = _flat(jg)
+        ep.add_vectors(jc - jg_flat, jg_flat)
+        with torch.no_grad():
+            ep.rows["h_cosine"].append(pairwise_cosine(gal.h(out.detach().to(next(gal.h.parameters()).dtype))))
+        self.g = g
+        return rec
 
-    history: list[dict[str, float]] = []
-    first: dict[str, float] = {}
-    step = accepted = faults = 0
-    start, cpu_start = time.perf_counter(), time.process_time()
-    epochs: Any = range(cfg.epochs)
-    if progress:
-        epochs = progress_bar(epochs, total=cfg.epochs, desc=f"trace seed {cfg.seed}", unit="epoch", leave=False)
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        model.train()
-        ep = _EpochTrace()
-        records, losses = [], []
-        for xb, yb in batches():
-            opt.zero_grad(set_to_none=True)
-            if h_opt is not None:
-                h_opt.zero_grad(set_to_none=True)
-            lr = current_lr(opt)
-            out = model(xb)
-            loss_of = lambda o, yb=yb: loss_fn(o, yb)
-            measure = step % every == 0
-            if measure:
-                rec, g = _measured_step(model, params, gal, out, loss_of, lr, ep)
-            else:
-                rec = gal.backward(out, loss_of, lr)
-            records.append(rec)
-            losses.append(loss_fn(out.detach(), yb))
-            opt.step()
-            if h_opt is not None:
-                h_opt.step()
-            if measure:
-                with torch.no_grad():
-                    ep.rows["output_gain"].append(float((model(xb) - out.detach()).norm() / (lr * g.norm())))
-                if step == 0:
-                    first = {"pert_ratio_init": ep.rows["pert_ratio"][0], "h_cosine_init": ep.rows["h_cosine"][0]}
-            step += 1
-        if sched is not None:
-            sched.step()
-        row: dict[str, float] = {"epoch": epoch + 1, "epoch_time": time.perf_counter() - t0}
-        row.update(harness._epoch_stats(losses, records))
-        accepted += int(torch.stack([r.accepted for r in records]).sum())
-        faults += int(torch.stack([r.fallback for r in records]).sum())
-        row.update(ep.summary())
-        row["h_drift"] = _drift(h_params, h0)
-        row.update(harness.evaluate(model, x_te, y_te, cfg, data.y_scale))
-        history.append(row)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    final = dict(history[-1])
-    final["mean_epoch_time"] = sum(h["epoch_time"] for h in history) / len(history)
-    final.update(first)
-    final["steps"] = step
-    final["rejected_rate"] = (step - accepted - faults) / step  # tentative loss rose: plain gradient sent
-    final["fallback_rate"] = faults / step  # a fault (non-finite or zero h output, loss, gradient)
-    final["decay_drift"] = decay_drift(cfg, h0, step)
-    for name in (*DIAGNOSTICS, "coherence_adj", "coherence_grad", "net_ratio"):
-        final[f"{name}_mean"] = _nanmean([h.get(name, float("nan")) for h in history])
-    r_gal = _nanmean([h["remainder_abs"] for h in history])
-    r_plain = _nanmean([h.get("remainder_plain_abs", float("nan")) for h in history])
-    final["remainder_ratio"] = float(r_gal / r_plain) if r_plain > 0 else float("nan")
-    final["diverged"] = float(diverged(final, data.num_outputs))
-    return RunResult(asdict(cfg), history, final, seconds, [], harness.state_hash(model), cpu)
+    def after_step(self, model: nn.Module, xb: Tensor, out: Tensor, lr: float) -> None:
+        if self.g is not None:
+            with torch.no_grad():
+                self.ep.rows["output_gain"].append(float((model(xb) - out.detach()).norm() / (lr * self.g.norm())))
+            if self.step == 0:
+                self.first = {"pert_ratio_init": self.ep.rows["pert_ratio"][0], "h_cosine_init": self.ep.rows["h_cosine"][0]}
+        self.step += 1
+
+    def end_epoch(self, row: dict[str, float], records: list[Any]) -> None:
+        self.accepted += int(torch.stack([r.accepted for r in records]).sum())
+        self.faults += int(torch.stack([r.fallback for r in records]).sum())
+        row.update(self.ep.summary())
+        row["h_drift"] = _drift(self.h_params, self.h0)
+        self.ep = _EpochTrace()
+
+    def end_run(self, final: dict[str, float]) -> None:
+        step = self.step
+        final.update(self.first)
+        final["steps"] = step
+        final["rejected_rate"] = (step - self.accepted - self.faults) / step  # tentative loss rose: plain gradient
+        final["fallback_rate"] = self.faults / step  # a fault (non-finite or zero h output, loss, gradient)
+        final["decay_drift"] = decay_drift(self.cfg, self.h0, step)
 
 
 _SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
-def trace(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, every: int = 4, cache: bool = False,
-          progress: bool = False) -> RunResult:
-    """Train ``cfg`` as :func:`galcore.experiments.harness.run` does and measure GAL's
-    adjustment every ``every``-th step (module docstring). ``track_plain`` is switched on (it
-    measures, it does not change the step). Cached like the harness's runs (key: the harness's
-    key of the run, this module's source and ``every``)."""
+def _traced(cfg: TrainConfig) -> TrainConfig:
+    """The config a traced run trains: ``track_plain`` on (it measures, it does not change the step)."""
+    if cfg.space != "output" or cfg.gal is None:
+        raise ValueError("trace measures output-space GAL runs: give a config with gal options and space='output'")
+    return cfg if cfg.gal.get("track_plain", False) else replace(cfg, gal={**cfg.gal, "track_plain": True})
+
+
+def _summarise(res: RunResult, num_outputs: int) -> RunResult:
+    """Run-level means of the per-epoch diagnostics, the remainder ratio and divergence."""
+    final, history = res.final, res.history
+    for name in (*DIAGNOSTICS, "coherence_adj", "coherence_grad", "net_ratio"):
+        final[f"{name}_mean"] = _nanmean([h.get(name, float("nan")) for h in history])
+    r_gal = _nanmean([h["remainder_abs"] for h in history])
+    r_plain = _nanmean([h.get("remainder_plain_abs", float("nan")) for h in history])
+    final["remainder_ratio"] = float(r_gal / r_plain) if r_plain > 0 else float("nan")
+    final["diverged"] = float(diverged(final, num_outputs))
+    return res
+
+
+def _check_every(every: Any) -> None:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an int >= 1, got {every!r}")
-    if cfg.gal is not None and not cfg.gal.get("track_plain", False):
-        cfg = replace(cfg, gal={**cfg.gal, "track_plain": True})
-    torch.manual_seed(cfg.seed)
-    model = model_fn()
-    key = f"trace{every}-{_SOURCE}-{harness.cache_key(cfg, data, model)}" if cache else None
-    return harness.cached(cfg, lambda: _train_traced(cfg, data, model, every, progress), cache, key=key)
+
+
+def trace(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, every: int = 4, cache: bool = False,
+          progress: bool = False) -> RunResult:
+    """Train ``cfg`` with :func:`galcore.experiments.harness.run` and measure GAL's adjustment
+    every ``every``-th step (module docstring; a :class:`Tracer` hook). ``track_plain`` is
+    switched on. Cached like the harness's runs (the key adds this module's source and ``every``)."""
+    _check_every(every)
+    res = harness.run(_traced(cfg), data, model_fn, cache=cache, progress=progress, hook=Tracer(every))
+    return _summarise(res, data.num_outputs)
 
 
 def trace_arms(
     arms: Mapping[str, TrainConfig], seeds: Sequence[int], data: Data, model_fn: Callable[[], nn.Module], *,
     every: int = 4, cache: bool = False, progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`trace` every GAL arm for every seed (``gal=None`` arms run through
-    :func:`galcore.experiments.harness.run`), seed-major. Returns ``(finals, histories)`` with
-    the columns of :func:`galcore.experiments.harness.run_arms` plus the diagnostics."""
+    """:func:`galcore.experiments.harness.run_arms` with every GAL arm traced (:func:`trace`;
+    ``gal=None`` arms run plainly). Returns ``(finals, histories)`` with run_arms' columns plus
+    the diagnostics and ``diverged``."""
+    _check_every(every)
     if not arms or not seeds:
         raise ValueError("arms and seeds: give at least one of each")
-    jobs = [(name, seed) for seed in seeds for name in arms]
-    bar = progress_bar(total=len(jobs), desc=f"{data.name}: traced runs", mode=None if progress else "off")
-    finals, hists = [], []
-    try:
-        for name, seed in jobs:
-            bar.set_postfix(arm=name, seed=seed, refresh=False)
-            bar.update(0)
-            cfg = replace(arms[name], seed=seed)
-            res = trace(cfg, data, model_fn, every=every, cache=cache) if cfg.gal is not None else harness.run(
-                cfg, data, model_fn, cache=cache)
-            row = {"arm": name, "seed": seed, **res.final, "seconds": res.seconds, "cpu_seconds": res.cpu_seconds,
-                   "weights_hash": res.weights_hash}
-            if cfg.gal is None:
-                row["diverged"] = float(diverged(res.final, data.num_outputs))
-            else:
-                row["accept_rate_mean"] = float(np.mean([h["accept_rate"] for h in res.history]))
-            finals.append(row)
-            hists.extend({"arm": name, "seed": seed, **h} for h in res.history)
-            bar.update(1)
-    finally:
-        bar.close()
-    return pd.DataFrame(finals), pd.DataFrame(hists)
+    arms = {k: (_traced(v) if v.gal is not None else v) for k, v in arms.items()}
+    finals, hists = harness.run_arms(
+        arms, seeds, data, model_fn, cache=cache, progress=progress,
+        hook=lambda cfg: Tracer(every) if cfg.gal is not None else None,
+    )
+    for (arm, seed), group in hists.groupby(["arm", "seed"], sort=False):
+        if arms[arm].gal is None:
+            continue
+        means = _summarise(RunResult({}, group.to_dict("records"), {}, 0.0), data.num_outputs).final
+        idx = (finals["arm"] == arm) & (finals["seed"] == seed)
+        for k, v in means.items():
+            if k != "diverged":
+                finals.loc[idx, k] = v
+    finals["diverged"] = finals.apply(lambda row: float(diverged(row, data.num_outputs)), axis=1)
+    return finals, hists
 
 
 def tentative_ray(gal: GAL, outputs: Tensor, loss_fn: Callable[[Tensor], Tensor], lengths: Sequence[float]) -> Tensor:
