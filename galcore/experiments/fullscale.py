@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from galcore.experiments import harness
 from galcore.experiments.harness import RunResult, TrainConfig, _device, build_gal, cached, loss_function, train_loop
 from galcore.experiments.optim import current_lr, make_optimizer
-from galcore.experiments.progress import progress as progress_bar
 from galcore.experiments.results import repo_root
 from galcore.gal import GAL
 
@@ -306,28 +306,10 @@ def run_loader_arms(
 ) -> tuple[Any, Any]:
     """:func:`galcore.experiments.harness.run_arms` for loader data: every arm for every seed
     (seed-major) through :func:`train_loader_run`, the same ``(finals, histories)`` frames."""
-    import numpy as np
-    import pandas as pd
-
-    if not arms or not seeds:
-        raise ValueError("arms and seeds: give at least one of each")
-    jobs = [(name, seed) for seed in seeds for name in arms]
-    bar = progress_bar(total=len(jobs), desc=data.name, mode=None if progress else "off")
-    finals, hists = [], []
-    try:
-        for name, seed in jobs:
-            bar.set_postfix(arm=name, seed=seed, refresh=False)
-            res = train_loader_run(replace(arms[name], seed=seed), data, model_fn, cache=cache)
-            row = {"arm": name, "seed": seed, **res.final, "seconds": res.seconds, "cpu_seconds": res.cpu_seconds,
-                   "weights_hash": res.weights_hash}
-            if res.history and "accept_rate" in res.history[0]:
-                row["accept_rate_mean"] = float(np.mean([h["accept_rate"] for h in res.history]))
-            finals.append(row)
-            hists.extend({"arm": name, "seed": seed, **h} for h in res.history)
-            bar.update(1)
-    finally:
-        bar.close()
-    return pd.DataFrame(finals), pd.DataFrame(hists)
+    return harness.run_arms(
+        arms, seeds, data, model_fn, cache=cache, progress=progress,  # type: ignore[arg-type]
+        runner=lambda cfg, d, m, c: train_loader_run(cfg, d, m, cache=c),
+    )
 
 
 def benchmark_step(

@@ -732,6 +732,7 @@ def run_arms(
     cache: bool = False,
     progress: bool = True,
     hook: Callable[[TrainConfig], StepHook | None] | None = None,
+    runner: Callable[[TrainConfig, Any, Callable[[], nn.Module], bool], RunResult] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every arm for every seed (the seed overrides each config's), seed-major.
 
@@ -740,7 +741,8 @@ def run_arms(
     epochs' mean, for GAL arms); and one row per (arm, seed, epoch). ``progress`` shows runs
     done / total, the current arm and seed, elapsed and remaining
     (:mod:`galcore.experiments.progress`). ``hook(cfg)`` gives each run's :class:`StepHook`
-    (or ``None``)."""
+    (or ``None``). ``runner(cfg, data, model_fn, cache)`` trains one run instead of :func:`run`
+    (data that is not in memory: :func:`galcore.experiments.fullscale.train_loader_run`)."""
     if not arms:
         raise ValueError("arms: give at least one arm")
     if not seeds:
@@ -753,7 +755,10 @@ def run_arms(
             bar.set_postfix(arm=name, seed=seed, refresh=False)
             bar.update(0)  # redraw (rate-limited) so the running arm shows
             cfg = replace(arms[name], seed=seed)
-            res = run(cfg, data, model_fn, cache=cache, hook=None if hook is None else hook(cfg))
+            if runner is None:
+                res = run(cfg, data, model_fn, cache=cache, hook=None if hook is None else hook(cfg))
+            else:
+                res = runner(cfg, data, model_fn, cache)
             row = {"arm": name, "seed": seed, **res.final, "seconds": res.seconds, "cpu_seconds": res.cpu_seconds,
                    "weights_hash": res.weights_hash}
             if res.history and "accept_rate" in res.history[0]:
