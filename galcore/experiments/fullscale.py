@@ -54,6 +54,7 @@ __all__ = [
     "evaluate_loader",
     "fake_cifar",
     "run_loader_arms",
+    "time_steps",
     "train_loader_run",
 ]
 
@@ -352,6 +353,12 @@ def benchmark_step(
             g.backward(model(xb), lambda o: F.cross_entropy(o, y), current_lr(opt))
         opt.step()
 
+    return time_steps(step, dev, batch_size, warmup=warmup, steps=steps)
+
+
+def time_steps(step: Callable[[], None], dev: torch.device, batch_size: int, *, warmup: int, steps: int) -> dict[str, float]:
+    """Run ``step()`` ``warmup`` times, then time ``steps`` calls (CUDA synchronised around the
+    timed block): images per second, milliseconds per step and peak CUDA memory (GiB; NaN on CPU)."""
     for _ in range(warmup):
         step()
     if dev.type == "cuda":

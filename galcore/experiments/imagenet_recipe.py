@@ -503,19 +503,9 @@ def benchmark_recipe_step(
         scaler.update()
         ema.update_parameters(model)
 
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-    return {"images_per_s": steps * b / seconds, "step_ms": 1000 * seconds / steps, "peak_mem_gib": peak}
+    from galcore.experiments.fullscale import time_steps
+
+    return time_steps(step, dev, b, warmup=warmup, steps=steps)
 
 
 def gpu_hours(
