@@ -262,14 +262,25 @@ def markdown_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(variants) + "---|---|",
     ]
     for r in rows:
-        cells = [f"{r['standard_ms_median']:.3g} ms"] + [f"{r['ratio_' + v]:.2f}x" for v in variants]
+        ms = r["standard_ms_median"]
+        cells = [f"{ms:.3g} ms" if ms < 100 else f"{ms:.0f} ms"] + [f"{r['ratio_' + v]:.2f}x" for v in variants]
         cells += [f"{r['gal_vs_release']:.2f}" if "gal_vs_release" in r else "-"]
         cells += [f"{r['float64_cost']:.2f}" if "float64_cost" in r else "-"]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     steps = ", ".join(f"{r['model']} {r['steps']}" for r in rows)
     lines.append("")
+    targets = ", ".join(f"{MODELS[m][4].split(',')[0]} {t:.2f}x" for m, t in TARGETS.items())
+    lines.append(f"Targets: gal / release <= 1 (MLP, small CNN); gal_compiled <= {targets}. In this run:")
+    verdicts = []
+    for r in rows:
+        if r["model"] in ("mlp", "cnn") and "gal_le_release" in r:
+            verdicts.append(f"{r['model']} gal / release {'met' if r['gal_le_release'] else 'not met'}")
+        if "compiled_meets_target" in r:
+            verdicts.append(f"{r['model']} gal_compiled {'met' if r['compiled_meets_target'] else 'not met'}")
+    lines[-1] += " " + ("; ".join(verdicts) or "no target measured") + "."
+    lines.append("")
     lines.append(
-        f"_{meta['device_name']} ({meta['device']}), {meta['threads']} threads, torch {meta['torch']}, "
+        f"_{meta['device_name']} ({meta['device']}, {meta['cpu_count']} cores), {meta['threads']} threads, torch {meta['torch']}, "
         f"{meta['clock']} clock, median of {steps} interleaved steps per variant, {meta['started']}; "
         f"written by `{meta['command']}`._"
     )
