@@ -142,20 +142,26 @@ def test_gal_step_runs_on_meta_tensors(path: str, dims: str, no_autocast_on_meta
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("path", ["backward", "surrogate"])
 def test_gal_step_has_no_cuda_sync(path: str) -> None:
+    """60 GAL steps (the rounding-level watch looks every 50: its copy to the host must not
+    wait for the device either) under torch.cuda.set_sync_debug_mode("error")."""
     model, gal, x, y = _setup("cuda")
+    gal.track_plain = True
     opt = torch.optim.SGD([*model.parameters(), *gal.parameters()], lr=0.1, momentum=0.9)
     opt.zero_grad()
     gal.backward(model(x), lambda o: F.cross_entropy(o, y), lr=0.1)  # warm-up (lazy init may sync)
     opt.step()
     torch.cuda.synchronize()
-    opt.zero_grad()
-    out = model(x)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        if path == "backward":
-            gal.backward(out, lambda o: F.cross_entropy(o, y), lr=0.1)
-        else:
-            gal.surrogate(out, lambda o: F.cross_entropy(o, y), lr=0.1).backward()
+        for _ in range(60):
+            opt.zero_grad()
+            out = model(x)
+            if path == "backward":
+                gal.backward(out, lambda o: F.cross_entropy(o, y), lr=0.1)
+            else:
+                gal.surrogate(out, lambda o: F.cross_entropy(o, y), lr=0.1).backward()
+            opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+    assert int(gal.num_steps) == 61
