@@ -252,7 +252,9 @@ def test_rmsprop_tf_matches_tensorflow_form():
 
 
 def test_recipe_settings_groups_and_schedule():
-    from galcore.experiments.imagenet_recipe import ImageNetRecipe, gpu_hours, release_lr_factor, release_param_groups
+    from galcore.experiments.imagenet_recipe import (
+        ImageNetRecipe, RMSpropTF, gpu_hours, release_lr_factor, release_param_groups,
+    )
 
     r = ImageNetRecipe()
     assert (r.lr, r.gal_lr, r.eps, r.alpha, r.momentum) == (0.016, 0.016, 1e-3, 0.9, 0.9)
@@ -271,10 +273,17 @@ def test_recipe_settings_groups_and_schedule():
     gal = GAL(10, **r.gal_options(), seed=0)
     groups = release_param_groups(model, gal, r)
     by = {g["name"]: g for g in groups}
-    assert set(by) == {"model", "model_no_decay", "h", "h_no_decay"}
+    assert set(by) == {"model", "model_no_decay", "h"}
     assert by["model"]["weight_decay"] == r.weight_decay and by["model_no_decay"]["weight_decay"] == 0.0
     assert all(p.ndim == 2 for p in by["model"]["params"]) and all(p.ndim == 1 for p in by["model_no_decay"]["params"])
-    assert by["h"]["lr"] == r.gal_lr and len(by["h"]["params"]) == 3  # 10-512-256-10: three weight matrices
+    assert by["h"]["lr"] == r.gal_lr and by["h"]["params"] == [gal.h.flat]  # h: one flat parameter
+    mask = by["h"]["decay_mask"][0]  # 10-512-256-10: decay on the three weight matrices only
+    assert int(mask.sum()) == 10 * 512 + 512 * 256 + 256 * 10 and mask.numel() == gal.h.flat.numel()
+    gal.h.flat.grad = torch.zeros_like(gal.h.flat)
+    before = gal.h.flat.detach().clone()
+    RMSpropTF([by["h"]], lr=0.1).step()  # zero gradient: only decay moves h, and only its weights
+    moved = gal.h.flat.detach() != before
+    assert torch.equal(moved, mask.bool() & (before != 0))
     assert {g["name"] for g in release_param_groups(model, None, r)} == {"model", "model_no_decay"}
     cost = gpu_hours(1000.0, eval_images_per_s=4000.0, epochs=90)
     assert cost["train_hours"] == pytest.approx(90 * 1_281_167 / 1000 / 3600)

@@ -151,7 +151,8 @@ class ImageNetRecipe:
 
 class RMSpropTF(torch.optim.Optimizer):
     """RMSprop as TensorFlow (and the release, through timm) computes it, per parameter p with
-    gradient g (plus ``weight_decay * p``, L2 form):
+    gradient g (plus ``weight_decay * p``, L2 form; a group may carry ``decay_mask``, one 0/1
+    tensor per parameter, to decay only part of a flat parameter such as h's):
 
     ``v <- v + (1 - alpha) (g^2 - v)`` (v starts at 1, not 0);
     ``buf <- momentum * buf + lr * g / sqrt(v + eps)``; ``p <- p - buf``
@@ -183,12 +184,13 @@ class RMSpropTF(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, alpha, eps, wd, mom = group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"]
-            for p in group["params"]:
+            masks = group.get("decay_mask") or [None] * len(group["params"])
+            for p, mask in zip(group["params"], masks):
                 if p.grad is None:
                     continue
                 g = p.grad
                 if wd:
-                    g = g.add(p, alpha=wd)
+                    g = g.add(p if mask is None else p * mask, alpha=wd)
                 state = self.state[p]
                 if not state:
                     state["square_avg"] = torch.ones_like(p)
@@ -218,19 +220,22 @@ def _split_decay(module: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
 
 def release_param_groups(model: nn.Module, gal: nn.Module | None, recipe: ImageNetRecipe) -> list[dict[str, Any]]:
     """The optimizer's groups as the release builds them: the model's weights (decay) and its
-    biases/norm parameters (no decay) at ``recipe.lr``; h's weights and biases likewise at
-    ``recipe.gal_lr`` (only for a GAL run). Empty groups are left out."""
+    biases/norm parameters (no decay) at ``recipe.lr``; h's weights with decay and its biases
+    without, at ``recipe.gal_lr`` (only for a GAL run): h is one flat parameter, so its group
+    carries a ``decay_mask`` (1 on weights, 0 on biases) for :class:`RMSpropTF`. Empty groups are
+    left out."""
     decay, no_decay = _split_decay(model)
     groups = [
         {"params": decay, "weight_decay": recipe.weight_decay, "lr": recipe.lr, "name": "model"},
         {"params": no_decay, "weight_decay": 0.0, "lr": recipe.lr, "name": "model_no_decay"},
     ]
     if gal is not None:
-        h_decay, h_no_decay = _split_decay(gal)
-        groups += [
-            {"params": h_decay, "weight_decay": recipe.weight_decay, "lr": recipe.gal_lr, "name": "h"},
-            {"params": h_no_decay, "weight_decay": 0.0, "lr": recipe.gal_lr, "name": "h_no_decay"},
-        ]
+        flat = gal.h.flat
+        mask = torch.zeros_like(flat, requires_grad=False)
+        for i, part in enumerate(gal.h.parts(mask)):
+            part.fill_(1.0 if i % 2 == 0 else 0.0)  # [W0.T, b0, W1.T, b1, ...]
+        groups.append({"params": [flat], "weight_decay": recipe.weight_decay, "decay_mask": [mask],
+                       "lr": recipe.gal_lr, "name": "h"})
     return [g for g in groups if g["params"]]
 
 
