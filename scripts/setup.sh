@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's Python environment and install galcore with its extras.
-# Uses the active virtual environment if there is one, else .venv at the repository root.
+# Uses the active virtual environment (or activated conda environment) if there is one, else
+# .venv at the repository root.
 # Versions are pinned by constraints.txt (the exact set the test suite last passed with).
 # Prints the path of the Python to use on its last line.
 #   GALCORE_EXTRAS=dev (default) | notebooks | experiments | yolo | "" (the core alone)
@@ -10,6 +11,8 @@ cd "$root"
 extras="${GALCORE_EXTRAS-dev}"
 if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
   py="$VIRTUAL_ENV/bin/python"
+elif [ -n "${CONDA_PREFIX:-}" ] && [ "${CONDA_DEFAULT_ENV:-base}" != base ] && [ -x "$CONDA_PREFIX/bin/python" ]; then
+  py="$CONDA_PREFIX/bin/python"  # an activated conda environment (environment.yml)
 else
   if [ ! -x .venv/bin/python ]; then
     base="$(command -v python3.11 || command -v python3)"

@@ -17,12 +17,29 @@ ENV_VAR = "GALCORE_PROFILE"
 T = TypeVar("T")
 
 
+__all__ = ["ENV_VAR", "PROFILES", "Profile", "choose", "get_profile", "use_profile"]
+
+
+def _validate(value: object, name: str) -> Profile:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a profile name ({', '.join(PROFILES)}), got {type(value).__name__}")
+    key = value.strip().lower() or "default"
+    if key not in PROFILES:
+        raise ValueError(f"{name}={value!r} is not a profile; use one of {', '.join(PROFILES)}")
+    return key  # type: ignore[return-value]
+
+
 def get_profile() -> Profile:
     """The active profile from ``$GALCORE_PROFILE`` (``default`` when unset)."""
-    value = os.environ.get(ENV_VAR, "default").strip().lower() or "default"
-    if value not in PROFILES:
-        raise ValueError(f"{ENV_VAR}={value!r} is not a profile; use one of {', '.join(PROFILES)}")
-    return value  # type: ignore[return-value]
+    return _validate(os.environ.get(ENV_VAR, "default"), ENV_VAR)
+
+
+def use_profile(name: str) -> Profile:
+    """Make ``name`` the active profile for this process (a notebook's kernel): validate it,
+    set ``$GALCORE_PROFILE`` and return it (lower case)."""
+    value = _validate(name, "profile")
+    os.environ[ENV_VAR] = value
+    return value
 
 
 def choose(smoke: T, default: T, full: T | None = None, *, profile: Profile | None = None) -> T:
