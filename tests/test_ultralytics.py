@@ -366,3 +366,64 @@ def test_criterion_passes_through_outside_training() -> None:
     assert int(gal.num_steps) == 0
     crit(_fake_preds(), None)
     assert int(gal.num_steps) == 1
+
+
+def _recording(base: type) -> type:
+    """``base`` trainer that records the initial weights' hash and a hash of every training batch."""
+    from galcore.experiments.detection import weights_hash
+
+    class Recording(base):  # type: ignore[misc,valid-type]
+        seen: dict[str, Any]
+
+        def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+            batch = super().preprocess_batch(batch)
+            if self.model.training:
+                parts = [batch["img"], batch["cls"], batch["bboxes"], batch["batch_idx"]]
+                digest = [float(t.double().sum()) for t in parts] + [float((t.double() ** 2).sum()) for t in parts]
+                type(self).seen.setdefault("batches", []).append(digest)
+            return batch
+
+        def _setup_train(self) -> None:
+            super()._setup_train()
+            type(self).seen["init"] = weights_hash(self.model)
+
+    Recording.seen = {}
+    return Recording
+
+
+@pytest.mark.slow
+def test_arms_share_initial_weights_and_data_order(data_yaml: str, tmp_path: Path) -> None:
+    """Same seed: the standard and the GAL run start from the same weights and see the same
+    augmented batches in the same order (h is drawn from its own generator); another seed
+    changes both (the check can fail)."""
+    seen = {}
+    for name, base, seed, gal in (("std", DetectionTrainer, 0, {}), ("gal", GALDetectionTrainer, 0, {"gal_ratio": 0.05}),
+                                  ("other", DetectionTrainer, 1, {})):
+        trainer = _recording(base)
+        YOLO("yolov8n.yaml").train(trainer=trainer, **gal, **_train_kwargs(data_yaml, tmp_path, name, seed=seed, epochs=2,
+                                                                          hsv_h=0.5, fliplr=0.5, translate=0.2))
+        seen[name] = trainer.seen
+    assert len(seen["std"]["batches"]) == 4  # 2 epochs x 2 batches
+    assert seen["gal"]["init"] == seen["std"]["init"]
+    assert seen["gal"]["batches"] == seen["std"]["batches"]
+    assert seen["other"]["init"] != seen["std"]["init"]
+    assert seen["other"]["batches"] != seen["std"]["batches"]
+
+
+@pytest.mark.slow
+def test_step_probe_measures_without_changing_the_run(data_yaml: str, tmp_path: Path) -> None:
+    from galcore.experiments.detection import StepProbe, train_yolo
+
+    plain = train_yolo("yolov8n", data_yaml, "gal", 0, project=tmp_path, epochs=2, batch=8, gal={"ratio": 0.01},
+                       name="plain")
+    probe = StepProbe(epochs=[1], batch=8)
+    probed = train_yolo("yolov8n", data_yaml, "gal", 0, project=tmp_path, epochs=2, batch=8, gal={"ratio": 0.01},
+                        name="probed", callbacks={"on_train_epoch_end": probe})
+    assert probed["weights_hash"] == plain["weights_hash"] != ""
+    assert [r["epoch"] for r in probe.rows] == [1.0]
+    row = probe.rows[0]
+    assert row["lr"] > 0 and row["eta_g_norm"] > 0 and row["step_norm"] > 0 and row["sgd_step_norm"] > 0
+    assert row["ratio"] == pytest.approx(row["step_norm"] / row["eta_g_norm"])
+    assert -1.0 <= row["cosine"] <= 1.0 and -1.0 <= row["sgd_cosine"] <= 1.0
+    assert row["remainder_actual"] == pytest.approx(row["loss_change"] - row["first_order"])
+    assert row["t_forward"] > 0 and row["t_backward"] > 0
