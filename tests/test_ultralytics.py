@@ -18,16 +18,16 @@ import torch
 if importlib.util.find_spec("ultralytics") is None:  # not importorskip: Ultralytics must be imported after offline_env
     pytest.skip("ultralytics is not installed (pip install galcore[yolo])", allow_module_level=True)
 
-from galcore import GALConfig  # noqa: E402
-from galcore.integrations.ultralytics import build_gal, offline_env, read_gal_steps  # noqa: E402
+from galcore import GALConfig
+from galcore.integrations.ultralytics import build_gal, offline_env, read_gal_steps
 
 offline_env()  # before Ultralytics is imported below
 
-from ultralytics import YOLO  # noqa: E402
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionTrainer
 
-from galcore.experiments.data.shapes_detection import ShapesConfig, shapes_detection  # noqa: E402
-from galcore.integrations.ultralytics import GALCriterion, GALDetectionTrainer  # noqa: E402
+from galcore.experiments.data.shapes_detection import ShapesConfig, shapes_detection
+from galcore.integrations.ultralytics import GALCriterion, GALDetectionTrainer
 
 DATA = ShapesConfig(n_train=16, n_val=8, imgsz=64, seed=1)
 
@@ -58,19 +58,19 @@ def no_network(monkeypatch: pytest.MonkeyPatch):
         attempts.append(f"{what} {address!r}")
         raise NetworkBlocked(f"network access blocked in tests: {what} {address!r}")
 
-    def g_connect(self, address):  # noqa: ANN001
+    def g_connect(self, address):
         guard("connect", address)
         return connect(self, address)
 
-    def g_connect_ex(self, address):  # noqa: ANN001
+    def g_connect_ex(self, address):
         guard("connect_ex", address)
         return connect_ex(self, address)
 
-    def g_create_connection(address, *args, **kwargs):  # noqa: ANN001
+    def g_create_connection(address, *args, **kwargs):
         guard("create_connection", address)
         return create_connection(address, *args, **kwargs)
 
-    def g_getaddrinfo(host, *args, **kwargs):  # noqa: ANN001
+    def g_getaddrinfo(host, *args, **kwargs):
         guard("getaddrinfo", (host,))
         return getaddrinfo(host, *args, **kwargs)
 
@@ -88,11 +88,11 @@ def data_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _train_kwargs(data_yaml: str, project: Path, name: str, **kw: Any) -> dict[str, Any]:
-    args = dict(
-        data=data_yaml, epochs=1, imgsz=64, batch=8, nbs=8, device="cpu", workers=0, amp=False, pretrained=False,
-        plots=False, seed=0, deterministic=True, project=str(project), name=name, exist_ok=True, verbose=False,
-        warmup_epochs=0, mosaic=0.0,
-    )
+    args = {
+        "data": data_yaml, "epochs": 1, "imgsz": 64, "batch": 8, "nbs": 8, "device": "cpu", "workers": 0, "amp": False, "pretrained": False,
+        "plots": False, "seed": 0, "deterministic": True, "project": str(project), "name": name, "exist_ok": True, "verbose": False,
+        "warmup_epochs": 0, "mosaic": 0.0,
+    }
     return {**args, **kw}
 
 

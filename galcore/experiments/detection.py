@@ -34,21 +34,23 @@ __all__ = [
     "RunRecorder",
     "StepProbe",
     "cached_run",
+    "check_args",
     "data_fingerprint",
     "finals_frame",
     "job_key",
     "run_jobs",
     "store_run",
+    "train_args",
     "train_yolo",
     "verdict_table",
     "weights_hash",
 ]
 
 #: the Ultralytics settings every run uses unless a job overrides them (see :func:`train_yolo`)
-BASE_ARGS: dict[str, Any] = dict(
-    device="cpu", workers=0, amp=False, pretrained=False, plots=False, deterministic=True, exist_ok=True,
-    verbose=False, mosaic=0.0, warmup_epochs=1, optimizer="AdamW", lr0=0.002, val=False,
-)
+BASE_ARGS: dict[str, Any] = {
+    "device": "cpu", "workers": 0, "amp": False, "pretrained": False, "plots": False, "deterministic": True, "exist_ok": True,
+    "verbose": False, "mosaic": 0.0, "warmup_epochs": 1, "optimizer": "AdamW", "lr0": 0.002, "val": False,
+}
 
 
 class RunRecorder:
@@ -133,6 +135,26 @@ def _read_results(path: Path) -> list[dict[str, float]]:
         return [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def train_args(*, data: str | os.PathLike[str], epochs: int, imgsz: int, batch: int, seed: int,
+               **train_kwargs: Any) -> dict[str, Any]:
+    """The keywords :func:`train_yolo` passes to Ultralytics' ``train`` (besides where it writes):
+    :data:`BASE_ARGS`, the run's size and seed, ``nbs=batch``, then ``train_kwargs``."""
+    return {**BASE_ARGS, "data": str(data), "epochs": epochs, "imgsz": imgsz, "batch": batch, "nbs": batch,
+            "seed": seed, **train_kwargs}
+
+
+def check_args(trainer_args: Any, job: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming every setting where a trainer's ``args`` (Ultralytics'
+    namespace) differ from what :func:`train_yolo` would use for ``job``: a run trained by
+    hand then stands for that job (e.g. in the cache)."""
+    spec = {k: v for k, v in job.items() if k not in (*_IGNORED, "arch", "method", "gal", "threads")}
+    expected = train_args(**spec)
+    wrong = {k: (getattr(trainer_args, k, None), v) for k, v in expected.items() if getattr(trainer_args, k, None) != v}
+    if wrong:
+        raise ValueError("the run's settings differ from the job's (got, expected): "
+                         + ", ".join(f"{k}={a!r}/{b!r}" for k, (a, b) in wrong.items()))
+
+
 def train_yolo(
     arch: str,
     data: str | os.PathLike[str],
@@ -183,11 +205,8 @@ def train_yolo(
         torch.set_num_threads(threads)
         torch_utils.NUM_THREADS = threads  # Ultralytics resets torch's threads when it picks the CPU
 
-    args: dict[str, Any] = dict(
-        BASE_ARGS, data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, nbs=batch, seed=seed,
-        project=str(project), name=f"{Path(arch).stem}_{method}_s{seed}",
-    )
-    args.update(train_kwargs)
+    args = train_args(data=data, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, **train_kwargs)
+    args = {"project": str(project), "name": f"{Path(arch).stem}_{method}_s{seed}", **args}
     extra: dict[str, Any] = {}
     if method == "gal":
         from galcore.integrations.ultralytics import GALDetectionTrainer
@@ -227,14 +246,20 @@ def data_fingerprint(data_yaml: str | os.PathLike[str]) -> str:
 
 
 def _code_hash() -> str:
-    """Hash of the training code a run depends on (GAL's core, the integration, this module)."""
+    """Hash of the code a run's numbers depend on: GAL's core and its integrations (every file)
+    and, from this module, the training path (:data:`BASE_ARGS`, :func:`train_args`,
+    :func:`train_yolo`, :class:`RunRecorder`, :func:`weights_hash`), not the tables or plots."""
+    import inspect
+
     import galcore
 
     pkg = Path(galcore.__file__).parent
-    files = [*sorted(pkg.glob("*.py")), *sorted((pkg / "integrations").glob("*.py")), Path(__file__)]
     digest = hashlib.sha256()
-    for p in files:
+    for p in [*sorted(pkg.glob("*.py")), *sorted((pkg / "integrations").glob("*.py"))]:
         digest.update(p.read_bytes())
+    digest.update(repr(sorted(BASE_ARGS.items())).encode())
+    for obj in (train_args, train_yolo, RunRecorder, weights_hash):
+        digest.update(inspect.getsource(obj).encode())
     return digest.hexdigest()[:12]
 
 
@@ -271,10 +296,17 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     quiet = job.pop("quiet", True)
     c0 = time.process_time()
     if quiet:  # Ultralytics' progress output of a worker process is noise in a notebook
-        os.environ["YOLO_VERBOSE"] = "False"
+        os.environ["YOLO_VERBOSE"] = "False"  # read when Ultralytics is imported (a fresh process)
+        from ultralytics.utils import LOGGER  # already imported (in-process runs): quiet its logger
+
+        level = LOGGER.level
+        LOGGER.setLevel("WARNING")
         buf = io.StringIO()
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            out = train_yolo(**job)
+        try:
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                out = train_yolo(**job)
+        finally:
+            LOGGER.setLevel(level)
     else:
         out = train_yolo(**job)
     out["process_cpu_s"] = time.process_time() - c0  # imports and set-up included

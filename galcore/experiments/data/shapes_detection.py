@@ -264,7 +264,7 @@ def _default_data_root() -> Path:
 def shapes_detection(
     root: str | os.PathLike[str] | None = None,
     config: ShapesConfig | None = None,
-    **overrides: int | float,
+    **overrides: float,
 ) -> Path:
     """The dataset yaml for ``config`` (or :class:`ShapesConfig` with ``overrides``), written on first use.
 
