@@ -38,6 +38,7 @@ __all__ = [
     "data_fingerprint",
     "finals_frame",
     "job_key",
+    "model_yaml",
     "run_jobs",
     "store_run",
     "train_args",
@@ -115,6 +116,46 @@ class RunRecorder:
 
             out["gal_steps"] = read_gal_steps(save_dir)
         return out
+
+
+def model_yaml(
+    base: str = "yolov8", *, depth: float = 0.33, width: float = 0.125, max_channels: int = 1024, name: str = "tiny",
+    folder: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write a YOLO model yaml of another size from one Ultralytics ships and return its path.
+
+    Ultralytics' ``<base>.yaml`` (e.g. ``yolov8``: its ``n`` scale is depth 0.33, width 0.25)
+    with one scale ``name`` = ``[depth, width, max_channels]``, saved as ``<base>-<name>.yaml``
+    in ``folder`` (default: the data folder's ``models/``, ``$GALCORE_DATA`` or ``data/``).
+    ``YOLO(path)`` then builds that model from scratch (no weights exist for it).
+    """
+    import importlib.util
+
+    import yaml
+
+    found = importlib.util.find_spec("ultralytics")  # its files only: importing it would write its settings
+    if found is None or found.origin is None:
+        raise ModuleNotFoundError("model_yaml needs ultralytics (pip install galcore[yolo])")
+    if not (0 < depth <= 1.5 and 0 < width <= 1.5) or max_channels < 8:
+        raise ValueError(f"need 0 < depth, width <= 1.5 and max_channels >= 8, got {depth}, {width}, {max_channels}")
+    source = Path(found.origin).parent / "cfg" / "models" / base.removeprefix("yolo")
+    matches = sorted(source.glob(f"{base}.yaml")) if source.is_dir() else []
+    if not matches:
+        raise ValueError(f"base: Ultralytics ships no {base}.yaml (looked in {source})")
+    spec = yaml.safe_load(matches[0].read_text())
+    spec["scales"] = {name: [depth, width, max_channels]}
+    spec["scale"] = name
+    if folder is None:
+        from galcore.experiments.data.shapes_detection import _default_data_root
+
+        folder = _default_data_root() / "models"
+    out = Path(folder) / f"{base}-{name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# {base}.yaml from Ultralytics {_version('ultralytics')}, scale {name}: depth {depth}, width {width}\n"
+    text += yaml.safe_dump(spec, sort_keys=False, default_flow_style=None)
+    if not out.is_file() or out.read_text() != text:
+        out.write_text(text)
+    return out
 
 
 def weights_hash(module: Any) -> str:

@@ -29,7 +29,9 @@ outputs and Ultralytics' own criterion as the loss:
 - L(x): Ultralytics' criterion ``sum(loss_vector)``, i.e. ``(box + cls + dfl) * batch_size``,
   exactly the scalar Ultralytics backpropagates (its scaling is kept, not re-normalised).
 - lr: the optimizer's current learning rate (the ``weight`` parameter group, warmup included).
-  While that lr is 0 (the very first warmup iteration) GAL is skipped for the step.
+  While that lr is 0 (the very first warmup iteration) GAL is skipped for the step. The
+  tentative step is ``lr * gal_scale * (g + a)`` in output space, whatever the optimizer; the
+  step AdamW or SGD then takes moves the outputs by another amount (notebook 03 measures it).
 
 The criterion returns Ultralytics' loss vector with its values unchanged (so logs, the NaN check
 and the progress bar see the same numbers) and with GAL's chosen gradient attached, so the AMP
