@@ -427,3 +427,20 @@ def test_step_probe_measures_without_changing_the_run(data_yaml: str, tmp_path: 
     assert -1.0 <= row["cosine"] <= 1.0 and -1.0 <= row["sgd_cosine"] <= 1.0
     assert row["remainder_actual"] == pytest.approx(row["loss_change"] - row["first_order"])
     assert row["t_forward"] > 0 and row["t_backward"] > 0
+
+
+def test_model_yaml_builds_a_narrower_yolo(tmp_path: Path) -> None:
+    from galcore.experiments.detection import model_yaml
+
+    path = model_yaml("yolov8", depth=0.33, width=0.125, folder=tmp_path)
+    assert path.parent == tmp_path and path.suffix == ".yaml"
+    tiny, base = YOLO(str(path)).model, YOLO("yolov8n.yaml").model
+    assert tiny.model[0].conv.out_channels == 8 and base.model[0].conv.out_channels == 16
+    n_tiny = sum(p.numel() for p in tiny.parameters())
+    n_base = sum(p.numel() for p in base.parameters())
+    assert n_tiny < n_base / 2
+    assert type(tiny.model[-1]).__name__ == type(base.model[-1]).__name__ == "Detect"
+    with pytest.raises(ValueError, match="base"):
+        model_yaml("yolov99", folder=tmp_path)
+    with pytest.raises(ValueError, match="width"):
+        model_yaml("yolov8", width=0.0, folder=tmp_path)

@@ -4,8 +4,9 @@
   trained offline by Ultralytics' trainer or by
   :class:`~galcore.integrations.ultralytics.GALDetectionTrainer`; returns plain numbers
   (mAP, per-epoch rows, CPU seconds, a hash of the final weights).
-- :func:`run_jobs`: many runs, each in a fresh process, cached by :func:`job_key` (the run's
-  arguments, a hash of the dataset's files and of the training code, the package versions).
+- :func:`run_jobs`: many runs, each in a fresh process (or all in this one), cached by
+  :func:`job_key` (the run's arguments, a hash of the dataset's files and of the training code,
+  the package versions); :func:`model_yaml` writes a YOLO yaml of another width or depth.
 - :func:`finals_frame` / :func:`verdict_table`: the runs as the harness's ``finals`` (one row
   per arm and seed) and the paired comparison per metric (:func:`galcore.experiments.harness.compare`).
 - :class:`StepProbe`: measures, on one batch, how far one optimizer step actually moves the
