@@ -2,14 +2,17 @@
 
 The release uses a stack of ``nn.Linear`` layers with no activation between them; the
 hidden widths depend on the number of outputs (GAL.md). :func:`release_hidden` gives those
-widths, :func:`make_adjuster` builds the stack.
+widths, :func:`make_adjuster` builds the stack, and :class:`LinearStack` is that stack as GAL
+holds it: its weights in one flat parameter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 #: Hidden widths of h in the public release, keyed by the output size C.
 RELEASE_HIDDEN: dict[int, tuple[int, ...]] = {
@@ -35,33 +38,20 @@ def release_hidden(output_dim: int) -> tuple[int, ...]:
 
 ActivationSpec = str | Callable[[], nn.Module] | None
 
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "silu": nn.SiLU,
-}
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
 def _activation(spec: ActivationSpec) -> Callable[[], nn.Module] | None:
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        try:
-            return _ACTIVATIONS[spec.lower()]
-        except KeyError:
-            raise ValueError(
-                f"unknown activation {spec!r}; use one of {sorted(_ACTIVATIONS)}, a module "
-                "factory, or None"
-            ) from None
-    if callable(spec):
+    if spec is None or (callable(spec) and not isinstance(spec, str)):
         return spec
+    if isinstance(spec, str) and spec.lower() in _ACTIVATIONS:
+        return _ACTIVATIONS[spec.lower()]
+    if isinstance(spec, str):
+        raise ValueError(f"unknown activation {spec!r}; use one of {sorted(_ACTIVATIONS)}, a module factory, or None")
     raise TypeError(f"activation must be a name, a callable returning a module, or None; got {spec!r}")
 
 
-def make_adjuster(
-    output_dim: int, hidden: Sequence[int] = (), activation: ActivationSpec = None
-) -> nn.Sequential:
+def make_adjuster(output_dim: int, hidden: Sequence[int] = (), activation: ActivationSpec = None) -> nn.Sequential:
     """Build h: ``output_dim -> hidden[0] -> ... -> output_dim``.
 
     With ``activation=None`` (the release) the layers are plain ``nn.Linear`` in order, so
@@ -76,7 +66,99 @@ def make_adjuster(
     act = _activation(activation)
     layers: list[nn.Module] = []
     for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        layers.append(nn.Linear(w_in, w_out))
-        if act is not None and i < len(widths) - 2:
-            layers.append(act())
+        layers += [nn.Linear(w_in, w_out)] + ([act()] if act is not None and i < len(widths) - 2 else [])
     return nn.Sequential(*layers)
+
+
+#: Multiply-adds per forward that multiplying out h's affine map must save to pay for its six extra
+#: small matrix products (about 2^18 on a 2-core CPU; on a GPU kernel launches dominate at these sizes)
+COLLAPSE_CPU, COLLAPSE_OTHER = 2**18, 2**24
+
+
+class LinearStack(nn.Sequential):
+    """h as GAL holds it: the layers of :func:`make_adjuster` with all their weights and biases in
+    one flat parameter, :attr:`flat` (one tensor for the optimizer and for DDP's all-reduce).
+
+    ``h[i].weight`` and ``h[i].bias`` are views of layer i's part of ``flat`` (read and write them
+    in place), and ``state_dict()`` keeps the plain stack's keys (``0.weight``, ``0.bias``...):
+    state dicts load from and into a plain ``nn.Sequential``. Layer i is stored as ``weight.T``
+    (``in x out``) then ``bias``. Without activations h is one affine map ``x @ M + c``, and
+    :meth:`forward` multiplies out ``M`` and ``c`` first when that saves enough multiply-adds
+    (same function and gradients, rounded differently).
+    """
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        lins = [m for m in self if isinstance(m, nn.Linear)]
+        if not lins or any(m.bias is None for m in lins):
+            raise ValueError("LinearStack needs nn.Linear layers with biases")
+        self._dims = [(m.in_features, m.out_features) for m in lins]
+        self._affine = len(lins) == len(self)  # no activation: one affine map
+        self.flat = nn.Parameter(torch.cat([t for m in lins for t in (m.weight.detach().t().flatten(), m.bias.detach())]))
+        for m in lins:
+            del m.weight, m.bias
+        self._link()
+
+    def parts(self, flat: Tensor) -> list[Tensor]:
+        """``[W0.T, b0, W1.T, b1, ...]`` as views of ``flat``, shaped ``(in, out)`` and ``(out,)``."""
+        parts = list(flat.split_with_sizes([n for i, o in self._dims for n in (i * o, o)]))
+        parts[0::2] = [w.view(i, o) for w, (i, o) in zip(parts[0::2], self._dims, strict=True)]
+        return parts
+
+    def _link(self) -> None:
+        """Point every layer's ``weight`` / ``bias`` at its part of :attr:`flat` (no graph)."""
+        parts = iter(self.parts(self.flat.detach()))  # views of a detached alias: no autograd view tracking
+        for m in (m for m in self if isinstance(m, nn.Linear)):
+            m.weight, m.bias = next(parts).t(), next(parts)
+
+    def forward(self, x: Tensor, parts: Sequence[Tensor] | None = None) -> Tensor:
+        """h on the last dimension of ``x``; ``parts`` stand in for :meth:`parts` of :attr:`flat`
+        (GAL passes them through its gradient gate, in its compute dtype)."""
+        parts = self.parts(self.flat) if parts is None else parts
+        z = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+        rows, c_in = x.numel() // x.shape[-1], self._dims[0][0]
+        saved = rows * (sum(i * o for i, o in self._dims) - c_in * self._dims[-1][1])
+        saved -= sum(c_in * i * o for i, o in self._dims[1:])  # layer by layer minus multiplied out
+        if self._affine and saved > (COLLAPSE_CPU if x.device.type == "cpu" else COLLAPSE_OTHER):
+            m, c = parts[0], parts[1].view(1, -1)
+            for w, b in zip(parts[2::2], parts[3::2], strict=True):
+                m, c = m @ w, torch.addmm(b, c, w)
+            z = torch.addmm(c, z, m)
+        else:
+            weights = iter(parts)
+            for module in self:
+                if isinstance(module, nn.Linear):
+                    w, b = next(weights), next(weights)
+                    z = torch.addmm(b, z, w)
+                else:
+                    z = module(z)
+        return z if x.ndim == 2 else z.view(*x.shape[:-1], z.shape[-1])
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LinearStack:
+        super()._apply(fn, recurse)
+        self._link()  # .to() / .double() may have given flat new data
+        return self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._link()
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        for name, m in self._modules.items():
+            for t in ("weight", "bias") if isinstance(m, nn.Linear) else ():
+                destination[f"{prefix}{name}.{t}"] = getattr(m, t) if keep_vars else getattr(m, t).detach()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
+                              missing: list[str], unexpected: list[str], errors: list[str]) -> None:
+        for name, m in self._modules.items():
+            for t in ("weight", "bias") if isinstance(m, nn.Linear) else ():
+                key, target = f"{prefix}{name}.{t}", getattr(m, t)
+                if key not in state_dict:
+                    missing.append(key)
+                elif state_dict[key].shape != target.shape:
+                    errors.append(f"size mismatch for {key}: {tuple(state_dict[key].shape)} vs {tuple(target.shape)}")
+                else:
+                    with torch.no_grad():
+                        target.copy_(state_dict.pop(key))
+        if strict:
+            unexpected += [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".")[0] not in self._modules]

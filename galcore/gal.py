@@ -14,15 +14,15 @@ One GAL step on a point x (a batch of model outputs, or a parameter vector) with
 5. The gradient sent back is ``g + a`` when the step is accepted (``accept="decrease"``:
    ``loss1 <= loss0``; ``accept="always"``), else ``g``.
 
-Two drivers run that arithmetic: :func:`_eager_math`, plain autograd one op at a time (the
-reference every user starts with), and :func:`_fused_math`, the same functions written with
-``torch.func`` so that :meth:`GAL.compile` can hand all of it to ``torch.compile`` (the fast
-path). Both call :func:`_tentative` and :func:`_decide`, so the maths is written once.
+Two drivers run that arithmetic: :func:`_eager_math`, plain autograd (the reference every
+user starts with; h's gradient flows through :class:`_Gate` in the step's one final backward
+call), and :func:`_fused_math`, the same functions with ``torch.func`` so that
+:meth:`GAL.compile` hands all of it to ``torch.compile`` (the fast path). Both call
+:func:`_tentative` and :func:`_decide`, so the maths is written once.
 
 Faults (a zero or non-finite h output, a non-finite gradient or loss) fall back to ``g``, give
 h no update for that step, and are counted in ``num_fallbacks``. Nothing in a step reads a
-value back to the host: decisions are tensors (``torch.where``), so the step does not
-synchronise a GPU. A call that raises changes no counter and no record.
+value back to the host (decisions are tensors), and a call that raises changes no counter.
 
 Why ``"sum"`` is the default: L is already the batch mean, so ``L(x - delta) - L(x)`` is
 matched to first order by ``<g, delta>`` summed over the whole batch; the release's mean over
@@ -43,11 +43,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from galcore.adjuster import make_adjuster, release_hidden
+from galcore.adjuster import LinearStack, make_adjuster, release_hidden
 from galcore.config import Accept, FirstOrder, GALConfig, Normalize
 
 Outputs = Tensor | Sequence[Tensor]
 LossFn = Callable[[Any], Tensor]
+LossOf = Callable[[list[Tensor]], Tensor]
 
 __all__ = ["GAL", "GALStep", "ParamGAL"]
 
@@ -93,22 +94,20 @@ class GALStep:
 
 
 class StepMath(NamedTuple):
-    """What the step's arithmetic returns (both drivers). Tensors; nothing read to the host.
+    """What the step's arithmetic returns. ``grads``: per output, ``g + sent`` (``sent``: ``a`` if
+    accepted, else 0), or ``sent`` alone when ``spec.native`` in eager (the final backward call adds
+    ``loss.backward()``'s own). ``objective``: with its graph to h (eager); ``h_grad``: compiled only."""
 
-    ``chosen``: the gradient to send back, per output (dtype of that output); ``h_grad``: the
-    objective's gradient w.r.t. h's trainable parameters as one flat buffer (zero on a fault);
-    ``g``: the plain gradient per output (compute dtype); ``ok``: False on a fault.
-    """
-
-    chosen: list[Tensor]
-    h_grad: Tensor
+    grads: list[Tensor]
     g: list[Tensor]
     loss0: Tensor
     loss1: Tensor
     remainder: Tensor
     objective: Tensor
-    ok: Tensor
     accepted: Tensor
+    at_rounding: Tensor  # bool: h's objective is at the rounding level of the arithmetic
+    fallback: Tensor
+    h_grad: Tensor | None
 
 
 class _Spec(NamedTuple):
@@ -120,8 +119,10 @@ class _Spec(NamedTuple):
     first_order: FirstOrder
     accept: Accept
     normalize: Normalize
-    h_dtype: torch.dtype
-    out_dtypes: list[torch.dtype]  # dtype of each output (the chosen gradient's dtype)
+    h_dtype: torch.dtype  # dtype h computes in
+    grad_dtypes: list[torch.dtype]  # dtype of each gradient sent back
+    native: bool  # GAL computes in another dtype than the outputs' (see StepMath.grads)
+    stack: bool  # h is a LinearStack with a trainable flat parameter
 
 
 def _as_list(outputs: Outputs) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
@@ -136,6 +137,10 @@ def _as_list(outputs: Outputs) -> tuple[list[Tensor], Callable[[list[Tensor]], A
             return list(outputs), (lambda xs: kind(xs))
         return list(outputs), (lambda xs: kind(*xs))  # namedtuple
     raise TypeError(f"outputs must be a tensor or a non-empty list/tuple of tensors, got {type(outputs).__name__}")
+
+
+def _clone(v: Any) -> Any:
+    return v.clone() if isinstance(v, Tensor) else [_clone(t) for t in v] if isinstance(v, list) else v
 
 
 def _check_lr(lr: float | Tensor) -> None:
@@ -173,7 +178,7 @@ def _scalar_loss(value: Any) -> Tensor:
         )
     if not value.is_floating_point():
         raise TypeError(f"loss_fn must return a floating-point loss, got {value.dtype}")
-    return value.reshape(())
+    return value if value.ndim == 0 else value.reshape(())
 
 
 def _require_graph(xs: list[Tensor]) -> None:
@@ -217,27 +222,18 @@ def _apply_h(h: Callable[[Tensor], Any], x: Tensor, dim: int, h_dtype: torch.dty
 
 
 def _tentative(
-    h: Callable[[Tensor], Any],
-    x0: list[Tensor],
-    g: list[Tensor],
-    loss0: Tensor,
-    loss_of: Callable[[list[Tensor]], Tensor],
-    eta: float | Tensor,
-    spec: _Spec,
+    h: Callable[[Tensor], Any], x0: list[Tensor], g: list[Tensor], loss0: Tensor, loss_of: LossOf,
+    eta: float | Tensor, spec: _Spec,
 ) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor]:
-    """Steps 2-4 of the module docstring: the adjustment, the tentative step and h's objective.
-
-    Returns ``(adj, loss1, remainder, objective, ok)``; ``objective`` carries the graph to h's
-    parameters, ``ok`` is False on any fault (zero or non-finite a_i, non-finite g or loss).
-    """
+    """Steps 2-4: ``(adj, loss1, remainder, objective, ok)``; ``objective`` carries the graph to
+    h. ``ok``, one finiteness test of the objective, covers every fault: a zero or non-finite
+    a_i is NaN (0/0, inf/inf), hence so is ``<delta, g>`` (NaN * 0 is NaN); a non-finite g,
+    loss0 or loss1 reaches it directly."""
     adj: list[Tensor] = []
-    checks: list[Tensor] = [loss0]
     for x, gi, d in zip(x0, g, spec.dims, strict=True):
         a = _apply_h(h, x, d, spec.h_dtype)
-        a_norm = torch.linalg.vector_norm(a, dim=d, keepdim=True)
         g_norm = torch.linalg.vector_norm(gi, dim=d, keepdim=True)
-        # a zero or non-finite a_i makes this NaN; the step then falls back (in _decide)
-        ai = spec.ratio * g_norm * (a / a_norm)
+        ai = a * (spec.ratio * g_norm / torch.linalg.vector_norm(a, dim=d, keepdim=True))
         if spec.normalize == "batch" and x.ndim > 1:
             others = [k for k in range(x.ndim) if k != d]
             sum_a = torch.linalg.vector_norm(ai.sum(others))
@@ -245,94 +241,101 @@ def _tentative(
             # shrink only (factor <= 1); a zero sum of adjustments needs no shrinking
             ai = ai * torch.where(sum_a > 0, spec.ratio * sum_g / sum_a, 1.0).clamp(max=1.0)
         adj.append(ai)
-        checks += [a_norm.sum() + g_norm.sum(), (a_norm > 0).all().to(a_norm.dtype).log()]
-    # one finiteness test for all: loss, every norm (a sum is finite iff its terms are, up to
-    # overflow, which is a fault too) and log(1) = 0 / log(0) = -inf for a zero a_i
-    ok = torch.isfinite(_total(checks))
-    delta = [eta * (gi + ai) for gi, ai in zip(g, adj, strict=True)]
+    delta = [torch.add(eta * gi, ai, alpha=eta) if isinstance(eta, float) else eta * (gi + ai)  # float: one node
+             for gi, ai in zip(g, adj, strict=True)]
     inner = _total([(di * gi).sum() for di, gi in zip(delta, g, strict=True)])
     loss1 = _scalar_loss(loss_of([x - di for x, di in zip(x0, delta, strict=True)]))
-    remainder = loss1 - loss0 + inner
-    first = inner / spec.mean_divisor if spec.first_order == "mean" else inner
-    objective = (loss1 + first - loss0).abs()
-    ok = ok & torch.isfinite(loss1)  # NaN adjustments (faults) reach loss1 too
-    return adj, loss1, remainder, objective, ok
+    weight = 1 / spec.mean_divisor if spec.first_order == "mean" else 1  # of <delta, g> in the objective
+    signed = torch.add(loss1, inner, alpha=weight) - loss0
+    remainder = signed.detach() if weight == 1 else torch.add(signed.detach(), inner.detach(), alpha=1 - weight)
+    objective = signed.abs()
+    return adj, loss1, remainder, objective, torch.isfinite(objective)
 
 
-def _decide(
-    g: list[Tensor], adj: list[Tensor], raw: Sequence[Tensor | None], params: Sequence[Tensor],
-    loss0: Tensor, loss1: Tensor, ok: Tensor, spec: _Spec, g_native: list[Tensor] | None = None,
-) -> tuple[list[Tensor], Tensor, Tensor]:
-    """Step 5: the chosen gradient per output, h's gradient as one flat buffer (zero on a
-    fault: a single masking op, and a single all-reduce under DDP), and ``accepted``.
-
-    ``g_native``: the plain gradient computed in the outputs' own precision (when GAL's
-    arithmetic runs in another dtype), so that a rejected step, or ``ratio=0``, sends back
-    bit for bit what ``loss.backward()`` would."""
-    if params:
-        parts = [(torch.zeros_like(p) if r is None else r).reshape(-1) for p, r in zip(params, raw, strict=True)]
-        flat = torch.where(ok, torch.cat(parts), 0.0)
-    else:  # a frozen h
-        flat = loss0.new_zeros(0)
+def _decide(g: list[Tensor], adj: list[Tensor], loss0: Tensor, loss1: Tensor, objective: Tensor, ok: Tensor,
+            spec: _Spec) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """Step 5: ``(grads, accepted, at_rounding, fallback)`` (see :class:`StepMath`). ``g + 0``
+    is ``g``: a rejected step, or ``ratio=0``, sends back bit for bit what ``loss.backward()`` would."""
     accepted = ok & (loss1 <= loss0) if spec.accept == "decrease" else ok
-    if g_native is None:
-        chosen = [
-            torch.where(accepted, gi + ai.detach(), gi).to(dt) for gi, ai, dt in zip(g, adj, spec.out_dtypes, strict=True)
-        ]
+    sent = [torch.where(accepted, ai.detach(), 0.0) for ai in adj]
+    if spec.native:
+        grads = [s.to(dt) for s, dt in zip(sent, spec.grad_dtypes, strict=True)]
     else:
-        chosen = [
-            torch.where(accepted, gn + ai.detach().to(gn.dtype), gn).to(dt)
-            for gn, ai, dt in zip(g_native, adj, spec.out_dtypes, strict=True)
-        ]
-    return chosen, flat, accepted
+        grads = [(gi + s).to(dt) for gi, s, dt in zip(g, sent, spec.grad_dtypes, strict=True)]
+    at_rounding = ok & (objective <= 4 * torch.finfo(objective.dtype).eps * loss0.abs())
+    return grads, accepted, at_rounding, ~ok
 
 
-def _eager_math(
-    h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor],
-    eta: float | Tensor, spec: _Spec, native: list[Tensor] | None = None,
-) -> StepMath:
-    """The reference driver: plain autograd, one op at a time. ``native``: the outputs in
-    their own precision when ``work`` is in another dtype (see :func:`_decide`)."""
+def _h_call(h: nn.Module, gated: Sequence[Tensor], spec: _Spec) -> Callable[[Tensor], Any]:
+    """h with its trainable parameters replaced by ``gated`` (a LinearStack's parts, or the parameters)."""
+    if spec.stack:
+        return lambda v: h(v, parts=gated)
+    if not gated:
+        return h
+    names = [n for n, p in h.named_parameters() if p.requires_grad]
+    return lambda v: torch.func.functional_call(h, dict(zip(names, gated, strict=True)), (v,))
+
+
+def _eager_math(h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: LossOf, eta: float | Tensor,
+                spec: _Spec, world: int) -> StepMath:
+    """The reference driver: plain autograd. h's gradient is left to the final backward call."""
+    box: list[Any] = [None, world]
+    views = (lambda ps: h.parts(ps[0].detach().to(spec.h_dtype))) if spec.stack else (lambda ps: [p.detach() for p in ps])
+    gated = _Gate.apply(box, views, *params) if params else ()
     with torch.enable_grad():
-        g_native = None
-        if native is not None:
-            xn = [x.requires_grad_(True) for x in native]
-            g_native = list(torch.autograd.grad(_scalar_loss(loss_of(xn)), xn, allow_unused=True))
-            g_native = [torch.zeros_like(x) if gi is None else gi for x, gi in zip(xn, g_native, strict=True)]
         x0 = [w.requires_grad_(True) for w in work]
         loss0 = _scalar_loss(loss_of(x0))
         grads = torch.autograd.grad(loss0, x0, allow_unused=True)
         g = [torch.zeros_like(x) if gi is None else gi for x, gi in zip(x0, grads, strict=True)]
-        x0 = [x.detach() for x in x0]
         loss0 = loss0.detach()
-        adj, loss1, remainder, objective, ok = _tentative(h, x0, g, loss0, loss_of, eta, spec)
-        raw = torch.autograd.grad(objective, params, allow_unused=True) if params else ()
-    chosen, flat, accepted = _decide(g, adj, raw, params, loss0, loss1, ok, spec, g_native)
-    return StepMath(chosen, flat, g, loss0, loss1.detach(), remainder.detach(), objective.detach(), ok, accepted)
+        x0 = [x.detach() for x in x0]
+        adj, loss1, remainder, objective, ok = _tentative(_h_call(h, gated, spec), x0, g, loss0, loss_of, eta, spec)
+    sent, accepted, at_rounding, fallback = _decide(g, adj, loss0, loss1, objective, ok, spec)
+    box[0] = fallback
+    return StepMath(sent, g, loss0, loss1.detach(), remainder, objective, accepted, at_rounding, fallback, None)
 
 
-def _fused_math(
-    h: nn.Module, work: list[Tensor], loss_of: Callable[[list[Tensor]], Tensor], eta: float | Tensor, spec: _Spec,
-    native: list[Tensor] | None = None,
-) -> StepMath:
-    """The fast driver: the same step written with ``torch.func`` transforms, so that
-    ``torch.compile`` can trace all of it (both loss gradients and h's gradient) into one graph."""
-    params = {n: p.detach() for n, p in h.named_parameters() if p.requires_grad}
-    g_native = None if native is None else torch.func.grad(lambda z: _scalar_loss(loss_of(z)))(native)
+def _fused_math(h: nn.Module, params: list[Tensor], work: list[Tensor], loss_of: LossOf, eta: float | Tensor,
+                spec: _Spec) -> StepMath:
+    """The fast driver: the plain gradient and h's with ``torch.func``, so that ``torch.compile``
+    traces all of the step into one graph."""
     g, loss0 = torch.func.grad_and_value(lambda z: _scalar_loss(loss_of(z)))(work)
 
-    def objective_of(p: dict[str, Tensor]) -> tuple[Tensor, tuple[Any, ...]]:
-        def h_call(v: Tensor) -> Any:
-            return torch.func.functional_call(h, p, (v,))
-
-        adj, loss1, remainder, objective, ok = _tentative(h_call, work, g, loss0, loss_of, eta, spec)
-        return objective, (adj, loss1, remainder, objective, ok)
+    def objective_of(ps: list[Tensor]) -> tuple[Tensor, tuple[Any, ...]]:
+        views = h.parts(ps[0].to(spec.h_dtype)) if spec.stack else ps
+        out = _tentative(_h_call(h, views, spec), work, g, loss0, loss_of, eta, spec)
+        return out[3], out
 
     raw, (adj, loss1, remainder, objective, ok) = torch.func.grad(objective_of, has_aux=True)(params)
-    chosen, flat, accepted = _decide(
-        g, adj, list(raw.values()), list(params.values()), loss0, loss1, ok, spec, g_native
-    )
-    return StepMath(chosen, flat, g, loss0, loss1, remainder, objective, ok, accepted)
+    sent, accepted, at_rounding, fallback = _decide(g, adj, loss0, loss1, objective, ok, spec)
+    if spec.native:  # the plain gradient in the outputs' precision too: sent = g_native + sent
+        g_native = torch.func.grad(lambda z: _scalar_loss(loss_of(z)))([w.to(s.dtype) for w, s in zip(work, sent)])
+        sent = [gn + s for gn, s in zip(g_native, sent, strict=True)]
+    h_grad = torch.where(fallback, 0.0, raw[0].reshape(-1) if len(raw) == 1 else torch.cat([r.reshape(-1) for r in raw]))
+    return StepMath(sent, g, loss0, loss1, remainder, objective, accepted, at_rounding, fallback, h_grad)
+
+
+class _Gate(torch.autograd.Function):
+    """h's trainable parameters as ``views(params)`` (a :class:`LinearStack`'s parts in GAL's compute
+    dtype, else the parameters), without graph nodes. Its backward (in the final backward call) zeroes
+    h's gradient on a faulty step and averages it over DDP ranks in one all-reduce. ``box``: ``[fallback, world]``."""
+
+    @staticmethod
+    def forward(ctx: Any, box: list[Any], views: Callable[..., Sequence[Tensor]], *params: Tensor) -> tuple[Tensor, ...]:
+        ctx.box, ctx.params = box, [(p.shape, p.dtype) for p in params]
+        return tuple(views(params))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        fallback, world = ctx.box
+        flat = torch.where(fallback, 0.0, torch.cat([t.reshape(-1) for t in grads]))
+        if world > 1:
+            dist.all_reduce(flat)
+            flat = flat / world
+        if len(ctx.params) == 1:  # a LinearStack's flat parameter
+            return None, None, flat.to(ctx.params[0][1])
+        parts = flat.split_with_sizes([shape.numel() for shape, _ in ctx.params])
+        return None, None, *(t.view(shape).to(dtype) for t, (shape, dtype) in zip(parts, ctx.params, strict=True))
 
 
 def _config(config: GALConfig | None, given: dict[str, Any], who: str) -> GALConfig:
@@ -345,11 +348,13 @@ def _config(config: GALConfig | None, given: dict[str, Any], who: str) -> GALCon
 
 
 class _Pending(NamedTuple):
-    """A computed step not yet committed to the counters (committed once the call succeeds)."""
+    """A computed step, committed to the counters once the call succeeds. ``backward(roots, grads)``
+    applies it in one call: the chosen gradient into the model, h's into h. ``value``: the loss."""
 
-    chosen: list[Tensor]
-    h_params: list[Tensor]
-    h_grads: list[Tensor]
+    roots: list[Tensor]
+    grads: list[Tensor | None]
+    value: Tensor
+    objective: Tensor | None  # with its graph to h, when h has trainable parameters (a root too)
     record: GALStep
     at_rounding: Tensor  # bool: h's objective was at the rounding level (h learns nothing)
 
@@ -376,12 +381,13 @@ class _GALCore(nn.Module):
             with torch.random.fork_rng(devices=[], enabled=config.seed is not None):
                 if config.seed is not None:
                     torch.manual_seed(config.seed)
-                h = make_adjuster(output_dim, hidden, config.activation)
+                h = LinearStack(*make_adjuster(output_dim, hidden, config.activation))
         self.h = h
         for name in ("num_steps", "num_accepted", "num_fallbacks"):
             self.register_buffer(name, torch.zeros((), dtype=torch.int64))
         # steps of the current window whose objective was at the rounding level (h learns nothing)
         self.register_buffer("_rounding_count", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.register_buffer("_one", torch.ones((), dtype=torch.int64), persistent=False)  # num_steps' increment
         self._rounding_pending: tuple[Tensor, Any, int] | None = None
         self._window_start = 0
         self._rounding_warned = False
@@ -445,123 +451,103 @@ class _GALCore(nn.Module):
         if dtype == torch.float64 and not _has_float64(x.device):
             if not self._float64_warned:
                 self._float64_warned = True
-                warnings.warn(
-                    f"GAL: device {x.device} has no float64; GAL's own arithmetic runs in float32, where "
-                    "small remainders round to 0 (raise scale, or set compute_dtype=None to silence this)",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+                msg = (f"device {x.device} has no float64; GAL's own arithmetic runs in float32, where small "
+                       "remainders round to 0 (raise scale, or set compute_dtype=None to silence this)")
+                warnings.warn(f"GAL: {msg}", RuntimeWarning, stacklevel=4)
             return torch.float32
         return dtype
 
-    def _compute(
-        self,
-        xs: list[Tensor],
-        dims: list[int],
-        mean_divisor: int,
-        loss_of: Callable[[list[Tensor]], Tensor],
-        lr: float | Tensor,
-    ) -> _Pending:
+    def _compute(self, xs: list[Tensor], dims: list[int], mean_divisor: int, loss_of: LossOf, lr: float | Tensor) -> _Pending:
         """Run one GAL step at the points ``xs``; change no state (see :meth:`_commit`)."""
         _check_lr(lr)
-        eta = lr * self.config.scale
-        h_params = self._h_params()
-        h_dtype = h_params[0].dtype if h_params else next((p.dtype for p in self.h.parameters()), xs[0].dtype)
+        c, h = self.config, self.h
+        eta = lr * c.scale
+        if isinstance(h, LinearStack):
+            params = [h.flat] if h.flat.requires_grad else []
+        else:
+            params = [p for p in h.parameters() if p.requires_grad]
         work = [x.detach().to(self._work_dtype(x)) for x in xs]
-        # the plain gradient in the outputs' own precision (half: float32, as autocast would),
-        # when GAL computes in another dtype: a rejected step then sends back exactly what
-        # loss.backward() would (one more loss evaluation, B x C sized)
+        # the outputs' own precision (half: float32): when GAL computes in another, the plain gradient
+        # comes from the loss at the outputs, in the final backward call, exactly as loss.backward()'s
         native_dt = [torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype for x in xs]
-        native = (
-            None if all(w.dtype == dt for w, dt in zip(work, native_dt, strict=True))
-            else [x.detach().to(dt) for x, dt in zip(xs, native_dt, strict=True)]
-        )
-        device_type = work[0].device.type
-        c = self.config
-        spec = _Spec(
-            dims, mean_divisor, c.ratio, c.first_order, c.accept, c.normalize, h_dtype, [x.dtype for x in xs]
-        )
-        fused = self._fused_fn() if h_params else None
-        with _no_autocast(device_type):
+        native = any(w.dtype != dt for w, dt in zip(work, native_dt, strict=True))
+        stack = isinstance(h, LinearStack) and bool(params)  # h's parts in the compute dtype
+        h_dtype = work[0].dtype if stack else (params[0] if params else next(h.parameters(), xs[0])).dtype
+        grad_dt = native_dt if native else [x.dtype for x in xs]
+        spec = _Spec(dims, mean_divisor, c.ratio, c.first_order, c.accept, c.normalize, h_dtype, grad_dt, native, stack)
+        world = dist.get_world_size() if c.sync_distributed and dist.is_available() and dist.is_initialized() else 1
+        fused = self._fused_fn() if params else None
+        with _no_autocast(work[0].device.type):
             out: StepMath | None = None
             if fused is not None:
-                # a tensor, so that a new lr is a new input value, not a recompile. Shape (1,) on
-                # the outputs' device: torch.full is a fill kernel (no host-to-device copy), and
-                # dynamo guards a 0-d float64 tensor by reading its value (.item()) every call
-                eta_t = (
-                    eta if isinstance(eta, Tensor)
-                    else torch.full((1,), float(eta), dtype=work[0].dtype, device=work[0].device)
-                )
+                # lr as a tensor input (a new lr is no recompile); shape (1,) on the outputs' device: a
+                # fill kernel, and dynamo would guard a 0-d float64 tensor by reading it (.item())
+                eta_t = eta if isinstance(eta, Tensor) else torch.full((1,), float(eta), dtype=work[0].dtype, device=work[0].device)
                 try:
-                    out = fused(self.h, work, loss_of, eta_t, spec, native)
+                    out = fused(h, [p.detach() for p in params], work, loss_of, eta_t, spec)  # no outer graph
+                    if "reduce-overhead" in str(self._compile_options.get("mode")):  # CUDA graphs reuse
+                        out = StepMath(*(_clone(v) for v in out))  # their output memory on the next step
                 except Exception as err:  # noqa: BLE001 - any compiler failure; user errors re-raise below
-                    # the fused function has no side effects: run the eager step, which raises
-                    # the caller's own errors (bad loss, wrong h) as usual; if it succeeds the
-                    # failure was the compiler's, so warn once and stay eager
-                    out = _eager_math(self.h, h_params, work, loss_of, eta, spec, native)
-                    warnings.warn(
-                        f"GAL.compile(): the compiled step failed ({type(err).__name__}: {err}); "
-                        "GAL runs its eager step from now on",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
+                    # no side effects: the eager step raises the caller's own errors (bad loss, wrong h);
+                    # if it succeeds the failure was the compiler's, so warn once and stay eager
+                    out = _eager_math(h, params, work, loss_of, eta, spec, world)
+                    msg = f"the compiled step failed ({type(err).__name__}: {err}); GAL runs its eager step from now on"
+                    warnings.warn(f"GAL.compile(): {msg}", RuntimeWarning, stacklevel=4)
                     self.uncompile()
             if out is None:
-                out = _eager_math(self.h, h_params, work, loss_of, eta, spec, native)
-
-        flat = out.h_grad
-        h_grads: list[Tensor] = []
-        if h_params:
-            if c.sync_distributed and dist.is_available() and dist.is_initialized():
-                world = dist.get_world_size()
+                out = _eager_math(h, params, work, loss_of, eta, spec, world)
+            roots: list[Tensor] = []
+            grads: list[Tensor | None] = []
+            points, value = xs, out.loss0
+            if native and out.h_grad is None:  # eager: the loss at the outputs, whose gradient the final call adds
+                with torch.enable_grad():
+                    points = [x.to(dt) for x, dt in zip(xs, native_dt, strict=True)]
+                    value = _scalar_loss(loss_of(points))
+                if value.requires_grad:
+                    roots, grads = [value], [None]
+            roots += [x for x in points if x.requires_grad]
+            grads += [s.to(x.dtype) for x, s in zip(points, out.grads, strict=True) if x.requires_grad]
+            objective = None
+            if out.h_grad is not None:  # compiled: h's gradient is a tensor, masked already
+                h_grad = out.h_grad
                 if world > 1:
-                    dist.all_reduce(flat)
-                    flat = flat / world
-            h_grads = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in h_params]), h_params, strict=True)]
+                    dist.all_reduce(h_grad)
+                    h_grad = h_grad / world
+                roots += params
+                parts = [h_grad] if len(params) == 1 else h_grad.split_with_sizes([p.numel() for p in params])
+                grads += [t.view_as(p) for t, p in zip(parts, params, strict=True)]
+            elif out.objective.requires_grad:  # eager: through _Gate
+                objective = out.objective
+                roots.append(objective)
+                grads.append(None)
 
-        plain = None
-        if c.track_plain:
-            with torch.no_grad(), _no_autocast(device_type):
-                loss_p = _scalar_loss(loss_of([x - eta * gi for x, gi in zip(work, out.g, strict=True)]))
-                sq = _total([(gi * gi).sum() for gi in out.g])
-                plain = loss_p - out.loss0 + eta * sq
+            plain = None
+            if c.track_plain:
+                with torch.no_grad():
+                    loss_p = _scalar_loss(loss_of([x - eta * gi for x, gi in zip(work, out.g, strict=True)]))
+                    sq = _total([(gi * gi).sum() for gi in out.g])
+                    plain = loss_p - out.loss0 + eta * sq
 
-        record = GALStep(
-            loss=out.loss0,
-            tentative_loss=out.loss1,
-            remainder=out.remainder,
-            objective=out.objective,
-            accepted=out.accepted,
-            fallback=~out.ok,
-            remainder_plain=plain,
-        )
-        if h_params:
-            resolution = 4 * torch.finfo(out.objective.dtype).eps
-            at_rounding = out.ok & (out.objective <= resolution * out.loss0.abs())
-        else:  # a frozen h learns nothing by design
-            at_rounding = torch.zeros_like(out.ok)
-        return _Pending(out.chosen, h_params, h_grads, record, at_rounding)
+        record = GALStep(out.loss0, out.loss1, out.remainder, out.objective.detach(), out.accepted, out.fallback, plain)
+        # a frozen h learns nothing by design: never at the rounding level
+        at_rounding = out.at_rounding if params else torch.zeros_like(out.accepted)
+        return _Pending(roots, grads, value.detach() if value.requires_grad else value, objective, record, at_rounding)
 
     def _commit(self, step: _Pending) -> GALStep:
         """The call succeeded: count it, keep its record, watch for an objective at rounding level."""
         record = step.record
-        with torch.no_grad():
-            self.num_steps.add_(1)
-            self.num_accepted.add_(record.accepted)
-            self.num_fallbacks.add_(record.fallback)
-            self._rounding_count.add_(step.at_rounding)
-        self.last_step = record
-        self._steps_here += 1
+        counts = [self.num_steps, self.num_accepted, self.num_fallbacks, self._rounding_count]
+        torch._foreach_add_(counts, [self._one, record.accepted, record.fallback, step.at_rounding])
+        self.__dict__["last_step"] = record  # plain attributes (not nn.Module.__setattr__: hot path)
+        self.__dict__["_steps_here"] = self._steps_here + 1
         if not self._rounding_warned and self._steps_here % ZERO_OBJECTIVE_STEPS == 0:
             self._watch_rounding()
         return record
 
     def _watch_rounding(self) -> None:
-        """Every ZERO_OBJECTIVE_STEPS steps: warn once if h's objective sat at the rounding level
-        on at least half the steps since the last look.
-
-        On a GPU the count is copied to pinned host memory without waiting and read at the next
-        look, once the copy has finished: the step never waits for the device."""
+        """Every ZERO_OBJECTIVE_STEPS steps: warn once if h's objective sat at the rounding level on at
+        least half the steps since the last look. On a GPU the count is copied to pinned host memory
+        without waiting and read at the next look, once copied: the step never waits for the device."""
         if self._rounding_pending is not None:
             host, event, n = self._rounding_pending
             if event is not None and not event.query():
@@ -590,14 +576,11 @@ class _GALCore(nn.Module):
         if steps < 1 or 2 * at_rounding < steps:
             return False
         self._rounding_warned = True
-        warnings.warn(
-            f"GAL: on {at_rounding} of the last {steps} steps h's objective was at the rounding level of GAL's "
-            f"arithmetic (compute_dtype={self.config.compute_dtype}; exactly 0 or a few ulp of the loss), so h "
-            "learns from rounding noise or not at all. Use compute_dtype=torch.float64 (the default) or a larger "
-            "scale, and check that lr is not tiny",
-            RuntimeWarning,
-            stacklevel=5,
-        )
+        msg = (f"on {at_rounding} of the last {steps} steps h's objective was at the rounding level of GAL's "
+               f"arithmetic (compute_dtype={self.config.compute_dtype}; exactly 0 or a few ulp of the loss), so h learns "
+               "from rounding noise or not at all. Use compute_dtype=torch.float64 (the default) or a larger scale, "
+               "and check that lr is not tiny")
+        warnings.warn(f"GAL: {msg}", RuntimeWarning, stacklevel=5)
         return True
 
     # -- the fused (compiled) step ----------------------------------------------------------
@@ -606,11 +589,11 @@ class _GALCore(nn.Module):
         as one ``torch.compile``d function from now on (the fast path); returns ``self``.
 
         Same decisions as the eager step, values equal up to floating-point reassociation, far
-        fewer kernel launches. ``options`` go to :func:`torch.compile`. The first step after
+        fewer kernel launches. ``options`` go to :func:`torch.compile` (``mode="reduce-overhead"``:
+        CUDA graphs, as nothing in the step reads back to the host). The first step after
         ``compile()`` runs eagerly (a bad loss or h fails with the usual error), the second
         compiles; a new output shape, dtype or loss function compiles again. If the compiler
-        fails, GAL warns and stays eager. Not part of ``state_dict``. (``nn.Module.compile``
-        would compile :meth:`forward`, whose autograd calls would only graph-break.)
+        fails, GAL warns and stays eager. Not part of ``state_dict``.
         """
         self._compile_options = dict(options)
         self._compiled = None
@@ -645,25 +628,6 @@ class _GALCore(nn.Module):
         state["_rounding_pending"] = None
         return state
 
-    def _h_params(self) -> list[Tensor]:
-        return [p for p in self.h.parameters() if p.requires_grad]
-
-    @staticmethod
-    def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
-        """``.grad += grad`` as ``backward()`` does."""
-        for p, gp in zip(params, grads, strict=True):
-            if p.grad is None:
-                p.grad = gp.detach().to(p.dtype, copy=True)  # its own memory, not a view of a flat buffer
-            else:
-                p.grad.add_(gp.to(p.grad.dtype))
-
-    @staticmethod
-    def _h_term(params: list[Tensor], h_grads: list[Tensor]) -> Tensor | None:
-        """A zero-valued scalar whose gradient w.r.t. h's parameters ``params`` is ``h_grads``."""
-        if not params:
-            return None
-        term = _total([(p * gp.detach()).sum() for p, gp in zip(params, h_grads, strict=True)])
-        return term - term.detach()
 
 
 class GAL(_GALCore):
@@ -705,11 +669,9 @@ class GAL(_GALCore):
         h: nn.Module | None = None,
         config: GALConfig | None = None,
     ) -> None:
-        given = dict(
-            ratio=ratio, scale=scale, hidden=hidden, activation=activation, first_order=first_order, accept=accept,
-            normalize=normalize, dim=dim, compute_dtype=compute_dtype, track_plain=track_plain,
-            sync_distributed=sync_distributed, seed=seed,
-        )
+        given = dict(ratio=ratio, scale=scale, hidden=hidden, activation=activation, first_order=first_order,
+                     accept=accept, normalize=normalize, dim=dim, compute_dtype=compute_dtype, track_plain=track_plain,
+                     sync_distributed=sync_distributed, seed=seed)
         super().__init__(output_dim, _config(config, given, "GAL"), h)
 
     @property
@@ -758,10 +720,8 @@ class GAL(_GALCore):
         Returns:
             A :class:`GALStep` of 0-d tensors.
         """
-        xs, step = self._run(outputs, loss_fn, lr)
-        pairs = [(x, c) for x, c in zip(xs, step.chosen, strict=True) if x.requires_grad]
-        # one engine call: through the model's graph, and straight into h's leaves
-        torch.autograd.backward([*(x for x, _ in pairs), *step.h_params], [*(c for _, c in pairs), *step.h_grads])
+        _, step = self._run(outputs, loss_fn, lr)
+        torch.autograd.backward(step.roots, step.grads)  # one engine call: the model and h
         return self._commit(step)
 
     def surrogate(self, outputs: Outputs, loss_fn: LossFn, lr: float | Tensor) -> Tensor:
@@ -774,14 +734,12 @@ class GAL(_GALCore):
         plain one. The step's record is in :attr:`last_step`.
         """
         xs, step = self._run(outputs, loss_fn, lr)
-        dtype = torch.promote_types(torch.promote_types(xs[0].dtype, torch.float32), step.record.loss.dtype)
-        dtype = torch.float32 if dtype == torch.float64 and xs[0].dtype != torch.float64 else dtype
-        link = _total(
-            [(x.to(dtype) * c.detach().to(dtype)).sum() for x, c in zip(xs, step.chosen, strict=True) if x.requires_grad]
-        )
-        value = step.record.loss.detach().to(dtype) + (link - link.detach())
-        h_term = self._h_term(step.h_params, step.h_grads)
-        out = value if h_term is None else value + h_term.to(dtype)
+        dtype = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
+        terms = [r if g is None else (r.to(dtype) * g.to(dtype)).sum() for r, g in zip(step.roots, step.grads, strict=True)]
+        if step.objective is not None:  # NaN on a faulty step: keep it out of the value
+            terms[-1] = torch.where(step.record.fallback, 0.0, step.objective)
+        link = _total([t.to(dtype) for t in terms])
+        out = step.value.to(dtype) + (link - link.detach())
         self._commit(step)
         return out
 
@@ -835,10 +793,9 @@ class ParamGAL(_GALCore):
                 raise TypeError(f"params[{i}] must be a floating-point tensor, got {got}")
         if len({p.device for p in plist}) > 1:
             raise ValueError(f"params must be on one device, got {sorted({str(p.device) for p in plist})}")
-        given = dict(
-            ratio=ratio, scale=scale, hidden=hidden, activation=activation, first_order=first_order, accept=accept,
-            compute_dtype=compute_dtype, track_plain=track_plain, sync_distributed=sync_distributed, seed=seed,
-        )
+        given = dict(ratio=ratio, scale=scale, hidden=hidden, activation=activation, first_order=first_order,
+                     accept=accept, compute_dtype=compute_dtype, track_plain=track_plain, sync_distributed=sync_distributed,
+                     seed=seed)
         config = _config(config, given, "ParamGAL")
         size = sum(p.numel() for p in plist)
         super().__init__(size, config, h)
@@ -859,14 +816,15 @@ class ParamGAL(_GALCore):
         targets: list[Tensor] = self._targets  # type: ignore[has-type]
         names: list[str] | None = self._names  # type: ignore[has-type]
         sizes = [p.numel() for p in targets]
-        flat = torch.cat([p.detach().reshape(-1).to(self._flat_dtype) for p in targets])
+        flat = torch.cat([p.detach().reshape(-1).to(self._flat_dtype) for p in targets]).requires_grad_(True)
 
         def loss_of(z: list[Tensor]) -> Tensor:
             parts = [t.view(p.shape) for t, p in zip(z[0].split(sizes), targets, strict=True)]
             return loss_fn(dict(zip(names, parts, strict=True)) if names is not None else parts)
 
         step = self._compute([flat], [0], flat.numel(), loss_of, lr)
-        chosen = [c.view(p.shape) for c, p in zip(step.chosen[0].split(sizes), targets, strict=True)]
-        self._accumulate(targets, chosen)
-        self._accumulate(step.h_params, step.h_grads)
+        torch.autograd.backward(step.roots, step.grads)  # into flat.grad and h
+        grad = torch.zeros_like(flat) if flat.grad is None else flat.grad
+        for p, gp in zip(targets, grad.split(sizes), strict=True):  # .grad += gp, as backward() does
+            p.grad = gp.view(p.shape).to(p.dtype, copy=True) if p.grad is None else p.grad.add_(gp.view(p.shape))
         return self._commit(step)

@@ -6,6 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="$(bash "$root/scripts/setup.sh" | tail -n 1)"
 cd "$root"
-export GALCORE_PROFILE=smoke MPLBACKEND=Agg IPYTHONDIR="$root/tests/ipython"
+export GALCORE_PROFILE=smoke IPYTHONDIR="$root/tests/ipython"
+unset MPLBACKEND  # notebook kernels use their inline backend; pytest itself runs headless
 export GALCORE_RESULTS="${GALCORE_RESULTS:-$root/results/test-run}"
 exec "$py" -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider tests notebooks "$@"

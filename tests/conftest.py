@@ -13,7 +13,6 @@ import pytest
 os.environ.setdefault("GALCORE_PROFILE", "smoke")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 class NetworkAccessError(RuntimeError):

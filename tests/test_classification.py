@@ -1,21 +1,29 @@
-"""galcore.experiments.classification and galcore.experiments.fullscale: setups, fairness of paired runs, the
-full-profile (CIFAR / EfficientNet-B1) code path on a tiny fake CIFAR-shaped dataset."""
+"""galcore.experiments.classification (notebook 02's benchmarks, arms, verdict tables), the
+MNIST-1D paper's models and baseline, and the paper-scale paths (CIFAR loader, fake data)."""
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 import galcore.experiments.classification as clf
-from galcore.experiments.fullscale import DeviceAugment, LoaderData, benchmark_step, cifar_data, efficientnet_b1_factory, fake_cifar
-from galcore.experiments.models import SmallCNN
-from galcore.experiments.optim import make_optimizer
-from galcore.experiments.harness import Data, Setup, cache_dir
+from galcore.experiments import stats
+from galcore.experiments.fullscale import (
+    DeviceAugment,
+    LoaderData,
+    benchmark_step,
+    cifar_data,
+    efficientnet_b1_factory,
+    fake_cifar,
+)
+from galcore.experiments.harness import Data, Setup, cache_dir, run, state_hash
+from galcore.experiments.mnist1d_models import BASELINE_ACCURACY, MNIST1DCNN, MNIST1DMLP
 
 
 @pytest.fixture(autouse=True)
@@ -25,166 +33,319 @@ def _isolated_results(tmp_path, monkeypatch):
     torch.set_num_threads(1)
 
 
-def _short(setup: Setup, epochs: int = 1) -> Setup:
-    return replace(setup, base=replace(setup.base, epochs=epochs, milestones=()))
-
-
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _recording(model_fn):
-    """Wrap a model factory so each built model's initial weights are recorded."""
-    built: list[dict[str, torch.Tensor]] = []
-
-    def fn() -> nn.Module:
-        m = model_fn()
-        built.append(_state(m))
-        return m
-
-    return fn, built
-
-
 def _tiny_cnn(num_classes: int = 10) -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, num_classes))
 
 
-# -- setups ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("profile", ["smoke", "default"])
-def test_setup_shapes(profile):
-    s = clf.default_setup(profile)
-    assert isinstance(s, Setup) and isinstance(s.data, Data)
-    assert not clf.is_fullscale(s)
-    assert s.data.x_train.shape[1:] == (1, 8, 8) and s.data.x_test.shape[1:] == (1, 8, 8)
-    assert s.data.x_train.dtype == torch.float32 and s.data.y_train.dtype == torch.int64
-    assert s.data.num_outputs == 10 and set(s.data.y_train.tolist()) == set(range(10))
-    assert s.base.gal is None and s.base.data == s.data.name and s.base.task == "classification"
-    assert len(s.seeds) == (2 if profile == "smoke" else 5) and len(set(s.seeds)) == len(s.seeds)
-    if profile == "default":
-        assert len(s.data.x_train) == 1347 and len(s.data.x_test) == 450
-    else:
-        assert len(s.data.x_train) == 320
-    out = s.model_fn()(s.data.x_train[:5])
-    assert out.shape == (5, 10)
-    # ResNet-style alternative
-    r = clf.default_setup(profile, model="resnet8")
-    assert r.model_fn()(r.data.x_train[:3]).shape == (3, 10) and r.base.model.startswith("resnet8")
-    assert [s.data.name for s in clf.default_setups(profile)] == [s.data.name]
+def _short(bench: clf.Benchmark, epochs: int = 1, seeds: int = 3) -> clf.Benchmark:
+    setup = replace(bench.setup, base=replace(bench.setup.base, epochs=epochs, milestones=()))
+    return replace(bench, setup=setup, seeds={k: tuple(range(seeds)) for k in bench.seeds})
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default", "full"])
-def test_optimizer_and_gal_settings(profile):
-    settings = clf.optimizer_settings(profile)
-    assert tuple(settings) == clf.OPTIMIZER_NAMES
-    model = SmallCNN(1, 10, 8, 4)
-    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    for spec in settings.values():
-        opt = make_optimizer(spec["optimizer"], model.parameters(), spec["lr"], **dict(spec["optimizer_kwargs"]))
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-    g = clf.gal_options(profile)
-    assert g["compute_dtype"] is torch.float64 and g["ratio"] == 1e-3 and g["scale"] == 1.0
-    assert g["first_order"] == ("mean" if profile == "full" else "sum")
-    assert clf.RELEASE_GAL["cifar100"]["ratio"] == 1e-2
-    assert clf.RELEASE_OPTIMIZERS["Lookahead(SGD)"]["optimizer_kwargs"]["alpha"] == 0.8
+# -- MNIST-1D models and data ----------------------------------------------------------------------
+def test_mnist1d_models_shapes_and_size():
+    cnn, mlp = MNIST1DCNN(), MNIST1DMLP()
+    assert sum(p.numel() for p in cnn.parameters()) == 5210  # 150 + 1900 + 1900 + 1260
+    x = torch.randn(7, 1, 40)
+    assert cnn(x).shape == (7, 10) and mlp(x).shape == (7, 10)
+    assert torch.equal(cnn(x), cnn(x.squeeze(1)))
+    assert MNIST1DCNN(3, channels=4, length=64)(torch.randn(2, 64)).shape == (2, 3)
+    with pytest.raises(ValueError, match="channels"):
+        MNIST1DCNN(channels=0)
 
 
-def test_paired_arms_differ_only_in_gal():
+def test_stack_passes_repeats_the_training_set_only():
+    d = Data("toy", torch.arange(12.0).reshape(6, 1, 2), torch.arange(6), torch.zeros(3, 1, 2), torch.zeros(3, dtype=torch.long), 6)
+    s = clf.stack_passes(d, 3)
+    assert s.x_train.shape == (18, 1, 2) and torch.equal(s.x_train[6:12], d.x_train) and torch.equal(s.y_train[12:], d.y_train)
+    assert s.x_test is d.x_test and s.name != d.name
+    assert clf.stack_passes(d, 1) is d
+    with pytest.raises(ValueError, match="passes"):
+        clf.stack_passes(d, 0)
+
+
+def test_plans_size_the_benchmark():
+    default = clf.mnist1d_plan("default")
+    assert default["n_train"] == 4000 and default["n_test"] >= 20_000
+    # enough passes to reach the paper's accuracy; lr drops inside the run
+    assert default["passes"] * default["epochs"] == 30 and max(default["milestones"]) < default["epochs"]
+    assert all(n >= 8 for n in default["seeds"].values()) and set(default["seeds"]) == {"SGD+momentum", "Adam"}
+    full = clf.mnist1d_plan("full")
+    assert all(full["seeds"][k] > default["seeds"][k] for k in default["seeds"])
+    smoke = clf.mnist1d_plan("smoke")
+    assert all(n >= 3 for n in smoke["seeds"].values())  # the fewest seeds compare() gives an mde for
+    default["seeds"]["Adam"] = 0  # a copy
+    assert clf.mnist1d_plan("default")["seeds"]["Adam"] > 0
+
+
+def test_smoke_benchmarks():
+    benches = clf.benchmarks("smoke")
+    assert [b.name for b in benches] == ["mnist1d", "digits"]
+    m, d = benches
+    assert m.setup.data.x_train.shape[1:] == (1, 40) and m.setup.data.x_train.dtype == torch.float32
+    assert set(m.setup.data.y_train.tolist()) == set(range(10)) and m.setup.data.num_outputs == 10
+    assert m.setup.base.data == m.setup.data.name and m.setup.base.gal is None
+    assert m.setup.model_fn()(m.setup.data.x_test[:5]).shape == (5, 10)
+    assert d.setup.data.x_train.shape[1:] == (1, 8, 8) and len(d.setup.data.x_test) == 450
+    for b in benches:
+        assert set(b.seeds) == set(b.optimizers) and all(len(v) >= 3 for v in b.seeds.values())
+
+
+def test_digits_setup_kept_for_the_ablations():
     s = clf.default_setup("smoke")
-    for name in clf.OPTIMIZER_NAMES:
-        arms = clf.paired_arms(s, name)
-        assert arms["standard"].gal is None and arms["gal"].gal == clf.gal_settings(s)
-        assert replace(arms["gal"], gal=None) == arms["standard"]
-    diag = clf.diagnostic_arms(s, "Adam", "smoke")
-    assert diag["gal+probe"].gal["track_plain"] and diag["gal+probe"].probe_every > 0
-    assert diag["gal-float32"].gal["compute_dtype"] is None
+    assert isinstance(s, Setup) and not clf.is_fullscale(s) and s.data.x_train.shape[1:] == (1, 8, 8)
+    assert len(clf.default_setup("default").data.x_train) == 1347
+    assert clf.default_setup("default", model="resnet8").base.model.startswith("resnet8")
+    assert tuple(clf.optimizer_settings("default")) == clf.OPTIMIZER_NAMES
+    g = clf.gal_options("default")
+    assert g["ratio"] == 1e-3 and g["compute_dtype"] is torch.float64 and g["first_order"] == "sum"
+    assert clf.gal_options("full")["first_order"] == "mean"
 
 
-# -- fairness (in-memory path) -----------------------------------------------------------------
-@pytest.mark.parametrize("name", clf.OPTIMIZER_NAMES)
-def test_ratio_zero_gal_equals_standard(name):
-    """GAL with ratio 0 (float32 arithmetic) sends back exactly the plain gradient: the two runs
-    must be bit-identical, which checks same init, same batches and an untouched RNG stream."""
-    s = _short(clf.default_setup("smoke"))
-    arms = clf.paired_arms(s, name, gal={"ratio": 0.0, "compute_dtype": None})
-    std = clf.run_one(arms["standard"], s, cache=False)
-    gal = clf.run_one(arms["gal"], s, cache=False)
-    for a, b in zip(std.history, gal.history, strict=True):
-        for key in ("train_loss", "test_loss", "test_accuracy"):
-            assert a[key] == b[key], (name, key)
-    assert gal.history[0]["accept_rate"] == 1.0
+def test_arms_differ_only_in_how_gal_is_set():
+    b = clf.benchmarks("smoke")[0]
+    assert tuple(clf.arms_for(b, "Adam")) == clf.ADAPTIVE_ARMS  # h already learns in the model's Adam
+    for name in b.optimizers:
+        arms = clf.arms_for(replace(b, arms={}), name)
+        assert tuple(arms) == clf.ARMS
+        std, gal, own = arms["standard"], arms["gal"], arms["gal+h_adam"]
+        assert std.gal is None and gal.gal == clf.GAL_SETTINGS and own.gal == clf.GAL_SETTINGS
+        assert replace(gal, gal=None) == std
+        assert (own.h_optimizer, own.h_lr) == ("adam", clf.H_ADAM_LR) and replace(own, gal=None, h_optimizer=None, h_lr=None) == std
+        assert std.optimizer == clf.MNIST1D_OPTIMIZERS[name]["optimizer"] and std.lr == clf.MNIST1D_OPTIMIZERS[name]["lr"]
+    with pytest.raises(ValueError, match="unknown arms"):
+        clf.arms_for(replace(b, arms={"Adam": ("standard", "nope")}), "Adam")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        clf.arms_for(b, "Lookahead(SGD)")
 
 
-def test_ratio_zero_float64_is_close_to_standard():
-    s = _short(clf.default_setup("smoke"))
-    arms = clf.paired_arms(s, "SGD+momentum", gal={"ratio": 0.0})
-    std = clf.run_one(arms["standard"], s, cache=False)
-    gal = clf.run_one(arms["gal"], s, cache=False)
-    assert gal.final["test_loss"] == pytest.approx(std.final["test_loss"], rel=1e-5)
+# -- runs and verdicts -------------------------------------------------------------------------------
+def test_ratio_zero_gal_is_identical_to_standard():
+    """GAL with ratio 0 (float32 arithmetic) sends back the plain gradient: same init, same
+    batches and an untouched RNG stream give bit-identical weights, and the verdict says so."""
+    b = _short(clf.benchmarks("smoke")[0])
+    b = replace(b, optimizers={"SGD+momentum": b.optimizers["SGD+momentum"]}, arms={"SGD+momentum": ("standard", "gal")})
+    zero = {**clf.GAL_SETTINGS, "ratio": 0.0, "compute_dtype": None}
+    arms = clf.arms_for(b, "SGD+momentum")
+    std = run(arms["standard"], b.setup.data, b.setup.model_fn)
+    gal = run(replace(arms["gal"], gal=zero), b.setup.data, b.setup.model_fn)
+    assert std.weights_hash == gal.weights_hash and std.final["test_loss"] == gal.final["test_loss"]
+    finals = pd.DataFrame([
+        {"data": "m", "optimizer": "SGD+momentum", "arm": arm, "seed": seed, "weights_hash": r.weights_hash, **r.final}
+        for arm, r in (("standard", std), ("gal", gal)) for seed in (0, 1)
+    ])
+    table = clf.compare_table(finals)
+    assert set(table["verdict"]) == {"identical"}
 
 
-def test_same_initial_weights_across_arms_and_seeds():
-    s = _short(clf.default_setup("smoke"))
-    fn, built = _recording(s.model_fn)
-    s = replace(s, model_fn=fn)
-    finals, hists = clf.run_arms(clf.paired_arms(s, "SGD+momentum"), s, seeds=(0, 1), cache=False, progress=False)
-    assert list(finals["arm"]) == ["standard", "gal", "standard", "gal"]
-    assert len(built) == 4
-    for a, b in ((0, 1), (2, 3)):  # same seed, two arms
-        assert all(torch.equal(built[a][k], built[b][k]) for k in built[a])
-    assert not all(torch.equal(built[0][k], built[2][k]) for k in built[0])  # seeds differ
-    assert set(hists.columns) >= {"arm", "seed", "epoch", "test_accuracy", "epoch_time"}
+def test_run_benchmark_frames_and_passes():
+    b = _short(clf.benchmarks("smoke")[1], epochs=2)  # digits: fast
+    finals, hists = clf.run_benchmark(b, cache=True, progress=False)
+    n_runs = sum(len(s) * len(b.arms_of(k)) for k, s in b.seeds.items())
+    assert len(finals) == n_runs and list(finals.columns[:2]) == ["data", "optimizer"]
+    assert set(finals[finals["optimizer"] == "SGD+momentum"]["arm"]) == set(clf.ARMS) and (finals["data"] == "digits").all()
+    assert set(finals[finals["optimizer"] == "Adam"]["arm"]) == set(clf.ADAPTIVE_ARMS)
+    assert (hists["passes"] == hists["epoch"] * b.passes).all() and hists["epoch"].max() == 2
+    assert finals.loc[finals["arm"] != "standard", "accept_rate_mean"].between(0, 1).all()
+    assert len(list(cache_dir().glob("*.json"))) == n_runs
+    again, _ = clf.run_benchmark(b, cache=True, progress=False)  # read back from the cache
+    pd.testing.assert_series_equal(again["test_loss"], finals["test_loss"])
+    table = clf.compare_table(finals)
+    assert len(table) == 2 * sum(len(b.arms_of(k)) - 1 for k in b.optimizers)  # (error, NLL) x GAL arms
+    assert set(table["verdict"]) <= set(stats.VERDICTS)
+    summary = clf.summary_frame(table, finals)
+    for col in ("metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n", "mde", "margin",
+                "verdict", "seeds_needed", "outputs", "accept_rate", "overhead_ratio"):
+        assert col in summary.columns, col
+    assert (summary["outputs"] == 10).all() and (summary["overhead_ratio"] > 0).all()
 
 
-def test_cache_accepts_compute_dtype_and_roundtrips():
-    s = _short(clf.default_setup("smoke"))
-    cfg = clf.paired_arms(s, "Adam")["gal"]
-    assert cfg.gal["compute_dtype"] is torch.float64
-    first = clf.run_one(cfg, s)
-    files = list(cache_dir().glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["config"]["gal"]["compute_dtype"] == "torch.float64"
-    again = clf.run_one(cfg, s)
-    assert again.history == first.history
+def _synthetic_finals(diffs_err, diffs_nll, base_err=5.0, base_nll=0.2):
+    rows = []
+    for seed, (de, dn) in enumerate(zip(diffs_err, diffs_nll, strict=True)):
+        e0, n0 = base_err + 0.3 * math.sin(seed), base_nll + 0.01 * math.cos(seed)
+        rows.append({"data": "m", "optimizer": "SGD", "arm": "standard", "seed": seed, "test_error": e0, "test_loss": n0,
+                     "cpu_seconds": 1.0, "accept_rate_mean": np.nan, "weights_hash": f"s{seed}"})
+        rows.append({"data": "m", "optimizer": "SGD", "arm": "gal", "seed": seed, "test_error": e0 + de, "test_loss": n0 + dn,
+                     "cpu_seconds": 1.5, "accept_rate_mean": 1.0, "weights_hash": f"g{seed}"})
+    return pd.DataFrame(rows)
 
 
-def test_summary_table_and_verdicts():
-    s = _short(clf.default_setup("smoke"))
-    finals, hists = clf.run_experiment([s], ("SGD+momentum", "Adam"), cache=False, progress=False)
-    table = clf.summary_table(finals, hists)
-    required = ["arm", "optimizer", "metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n", "overhead_ratio"]
-    assert set(required) <= set(table.columns)
-    assert len(table) == 4 and set(table["metric"]) == {"test_accuracy", "test_error"}
-    assert (table["n"] == 2).all() and (table["overhead_ratio"] > 0).all()
-    acc = table[table["metric"] == "test_accuracy"].set_index("optimizer")
-    err = table[table["metric"] == "test_error"].set_index("optimizer")
-    assert (acc["mean_diff"] * 100).to_numpy() == pytest.approx((-err["mean_diff"]).to_numpy())
-    per_seed = clf.per_seed_table(finals)
-    assert (per_seed["diff"] == per_seed["gal"] - per_seed["standard"]).all()
-    assert clf.verdict("test_accuracy", 0.01, 0.005, 0.02) == "improved"
-    assert clf.verdict("test_error", 0.5, 0.1, 0.9) == "worse"
-    assert clf.verdict("test_error", -0.5, -0.9, -0.1) == "improved"
-    assert clf.verdict("test_accuracy", 0.01, -0.01, 0.03) == "no significant difference"
+def test_compare_table_margins_verdicts_and_sizing():
+    rng = np.random.default_rng(0)
+    n = 40
+    # error: GAL 0.5 points better, SD 0.2; NLL: differences tiny against the 1% margin (0.002)
+    f = _synthetic_finals(-0.5 + 0.2 * rng.standard_normal(n), 1e-5 * rng.standard_normal(n))
+    t = clf.compare_table(f).set_index("metric")
+    assert t.loc["test_error", "verdict"] == "better" and t.loc["test_loss", "verdict"] == "equivalent"
+    assert t.loc["test_error", "margin"] == clf.MARGIN_ERROR
+    assert t.loc["test_loss", "margin"] == pytest.approx(clf.NLL_MARGIN_REL * f[f["arm"] == "standard"]["test_loss"].mean())
+    sd = t.loc["test_error", "sd_diff"]
+    assert t.loc["test_error", "mde"] == pytest.approx(stats.mde(sd, n))
+    assert t.loc["test_error", "seeds_needed"] == stats.seeds_needed(sd, clf.RELEASE_GAINS[0])
+    assert t.loc["test_error", "seeds_needed_large"] == stats.seeds_needed(sd, clf.RELEASE_GAINS[1])
+    sizing = clf.sizing_table(clf.compare_table(f)).iloc[0]
+    assert sizing["meets_target"] == bool(sizing["mde"] <= clf.TARGET_MDE)
+    assert sizing[f"seeds_for_mde_{clf.TARGET_MDE:g}"] == stats.seeds_needed(sd, clf.TARGET_MDE)
+    # worse, then too noisy to say anything
+    worse = clf.compare_table(_synthetic_finals(0.5 + 0.2 * rng.standard_normal(n), np.zeros(n))).set_index("metric")
+    assert worse.loc["test_error", "verdict"] == "worse"
+    noisy = clf.compare_table(_synthetic_finals(3.0 * rng.standard_normal(5), np.zeros(5))).set_index("metric")
+    assert noisy.loc["test_error", "verdict"] == "inconclusive" and noisy.loc["test_error", "mde"] > clf.RELEASE_GAINS[1]
+    over = clf.overhead_table(f)
+    assert over["cpu_ratio"].iloc[0] == pytest.approx(1.5)
 
 
-# -- the full-profile path, offline ------------------------------------------------------------
-def test_full_setup_on_fake_cifar_runs_end_to_end(capsys):
-    """EfficientNet-B1 from scratch, CIFAR transforms, device-side flip + resize, batch-wise
-    loader path, release optimizers and GAL settings: one short epoch per arm and seed."""
+def test_conclusion_texts_are_computed_from_the_table():
+    rng = np.random.default_rng(1)
+    t = clf.compare_table(_synthetic_finals(-0.5 + 0.2 * rng.standard_normal(30), 1e-5 * rng.standard_normal(30)))
+    err = t[t["metric"] == "test_error"].iloc[0]
+    for text in (clf.conclusion_text(t), clf.findings_text(t)):
+        assert isinstance(text, str)
+        assert err["verdict"] in text and f"{err['mean_diff']:+.2f}" in text
+    assert f"{err['mde']:.2f}" in clf.findings_text(t)
+    t2 = t.copy()
+    t2.loc[t2["metric"] == "test_error", "verdict"] = "inconclusive"
+    assert clf.conclusion_text(t2) != clf.conclusion_text(t)
+    assert clf.scope_text(t) != clf.scope_text(t.assign(data="cifar10"))
+
+
+def test_baseline_check_smoke_runs_unchecked():
+    b = clf.baseline_check("smoke", progress=False)
+    assert list(b["model"]) == ["cnn", "mlp"] and not b["checked"].any()
+    assert (b["paper_accuracy"] == [BASELINE_ACCURACY["cnn"], BASELINE_ACCURACY["mlp"]]).all()
+    # three binomial standard errors of the paper's accuracy on 1,000 test signals
+    assert b["tolerance"].iloc[0] == pytest.approx(3 * math.sqrt(0.94 * 0.06 / 1000))
+    assert b["accuracy"].between(0.1, 1).all()
+
+
+@pytest.mark.slow
+def test_mnist1d_mlp_reproduces_the_paper_baseline():
+    """The MNIST-1D paper's MLP with its recipe (Adam 1e-2, batch 100, 6,000 steps; about 13
+    CPU-seconds) on the paper's default data reaches the published accuracy (68%) within the
+    stated tolerance. (Cut short it does not: it is still improving after 2,000 steps.)"""
+    b = clf.baseline_check("default", progress=False, models=("mlp",))
+    row = b.iloc[0]
+    assert row["checked"] and row["steps"] == 6000
+    assert row["within"], row.to_dict()
+
+
+# -- the release's ImageNet recipe (full profile), end to end on fake images -------------------------
+def test_rmsprop_tf_matches_tensorflow_form():
+    from galcore.experiments.imagenet_recipe import RMSpropTF
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = RMSpropTF([p], lr=0.1, alpha=0.9, eps=1e-3, momentum=0.9, weight_decay=0.01)
+    v, buf, w = torch.ones(2), torch.zeros(2), p.detach().clone()
+    for g in (torch.tensor([0.5, 0.1]), torch.tensor([-0.2, 0.3])):
+        p.grad = g.clone()
+        opt.step()
+        gg = g + 0.01 * w
+        v = v + 0.1 * (gg * gg - v)
+        buf = 0.9 * buf + 0.1 * gg / torch.sqrt(v + 1e-3)
+        w = w - buf
+        assert torch.allclose(p.detach(), w, atol=1e-7)
+    q = torch.nn.Parameter(torch.tensor([1.0]))
+    RMSpropTF([q], lr=0.1, eps=1e-3)  # no momentum: p -= lr g / sqrt(v + eps)
+    with pytest.raises(ValueError, match="lr"):
+        RMSpropTF([q], lr=0.0)
+
+
+def test_recipe_settings_groups_and_schedule():
+    from galcore.experiments.imagenet_recipe import ImageNetRecipe, gpu_hours, release_lr_factor, release_param_groups
+
+    r = ImageNetRecipe()
+    assert (r.lr, r.gal_lr, r.eps, r.alpha, r.momentum) == (0.016, 0.016, 1e-3, 0.9, 0.9)
+    assert (r.gal_ratio, r.gal_scale, r.gal_hidden, r.ema_decay, r.epochs) == (1e-3, 1e-3, (512, 256), 0.9999, 90)
+    half = replace(r, batch_size=400)
+    assert half.lr == pytest.approx(0.008) and half.gal_lr == pytest.approx(0.008)
+    with pytest.raises(ValueError, match="batch_size"):
+        ImageNetRecipe(batch_size=0)
+    assert release_lr_factor(0, r, r.lr) == pytest.approx(1e-6 / 0.016)
+    assert release_lr_factor(1, r, r.lr) == pytest.approx((1e-6 + (0.016 - 1e-6) / 3) / 0.016)
+    assert release_lr_factor(3, r, r.lr) == pytest.approx(0.97)  # floor(3 / 2.4) = 1
+    assert release_lr_factor(5, r, r.lr) == pytest.approx(0.97**2)
+    from galcore import GAL
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
+    gal = GAL(10, **r.gal_options(), seed=0)
+    groups = release_param_groups(model, gal, r)
+    by = {g["name"]: g for g in groups}
+    assert set(by) == {"model", "model_no_decay", "h", "h_no_decay"}
+    assert by["model"]["weight_decay"] == r.weight_decay and by["model_no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in by["model"]["params"]) and all(p.ndim == 1 for p in by["model_no_decay"]["params"])
+    assert by["h"]["lr"] == r.gal_lr and len(by["h"]["params"]) == 3  # 10-512-256-10: three weight matrices
+    assert {g["name"] for g in release_param_groups(model, None, r)} == {"model", "model_no_decay"}
+    cost = gpu_hours(1000.0, eval_images_per_s=4000.0, epochs=90)
+    assert cost["train_hours"] == pytest.approx(90 * 1_281_167 / 1000 / 3600)
+    assert cost["eval_hours"] == pytest.approx(90 * 2 * 50_000 / 4000 / 3600)
+    assert gpu_hours(1000.0, devices=8)["wall_hours"] == pytest.approx(gpu_hours(1000.0)["device_hours"] / 8)
+    with pytest.raises(ValueError, match="train_images_per_s"):
+        gpu_hours(0.0)
+
+
+def test_imagenet_recipe_end_to_end_on_fake_images(tmp_path):
+    """EfficientNet-B2 from scratch, RMSpropTF with h's own groups, schedule, EMA, GAL
+    surrogate (AMP is CUDA-only): two tiny epochs per arm on a CPU, then the cache."""
+    from galcore.experiments.imagenet_recipe import (
+        efficientnet_b2_factory,
+        fake_imagenet,
+        imagenet_data,
+        recipe_run,
+        release_lr_factor,
+        small_recipe,
+    )
+
+    r = small_recipe()
+    data = fake_imagenet(8, 4, 10, r)
+    x, y = data.train[0]
+    assert x.shape == (3, 32, 32) and 0 <= y < 10
+    model = efficientnet_b2_factory(10, r)()
+    assert model.classifier[0].p == r.dropout and model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    std = recipe_run(r, data, gal=False, seed=0, device="cpu", cache=True)
+    gal = recipe_run(r, data, gal=True, seed=0, device="cpu", cache=True)
+    for res in (std, gal):
+        assert len(res.history) == r.epochs
+        for h in res.history:
+            assert math.isfinite(h["test_loss"]) and 0 <= h["test_error"] <= 100 and h["test_top5_error"] <= h["test_error"]
+            assert h["lr"] == pytest.approx(r.lr * release_lr_factor(h["epoch"] - 1, r, r.lr))
+    assert "accept_rate" in gal.final and "accept_rate" not in std.final and 0 <= gal.final["accept_rate"] <= 1
+    assert gal.history[0]["train_loss"] != std.history[0]["train_loss"] or gal.final != std.final
+    again = recipe_run(r, data, gal=True, seed=0, device="cpu", cache=True)  # from the cache
+    assert again.history == gal.history
+    table = clf.run_imagenet(r, data, seeds=(0,), device="cpu")
+    assert list(table["arm"]) == ["standard", "gal"] and (table["data"] == "imagenet").all()
+    assert table.loc[1, "test_error"] == gal.final["test_error"]
+    with pytest.raises(FileNotFoundError, match="train"):
+        imagenet_data(tmp_path / "none", r)
+
+
+def test_recipe_step_benchmark_runs_on_cpu():
+    from galcore.experiments.imagenet_recipe import benchmark_recipe_step, small_recipe
+
+    res = benchmark_recipe_step(small_recipe(), gal=True, num_classes=10, batch_size=2, steps=1, warmup=1, device="cpu",
+                                model_fn=lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)))
+    assert res["images_per_s"] > 0 and res["step_ms"] > 0 and math.isnan(res["peak_mem_gib"])
+
+
+# -- the release's CIFAR setting (loader path), offline ----------------------------------------------
+def _cifar_bench(data: LoaderData, **kw) -> clf.Benchmark:
+    s = clf.full_setup(data=data, pretrained=False, device="cpu", **kw)
+    names = ("SGD+momentum",)
+    return clf.Benchmark("fakecifar", s, {k: clf.RELEASE_OPTIMIZERS[k] for k in names}, {k: tuple(s.seeds) for k in names},
+                         arms={k: ("standard", "gal") for k in names})
+
+
+def test_full_cifar_setting_runs_end_to_end(capsys):
     data = fake_cifar(n_train=8, n_test=4, num_classes=10, size=32)
-    s = clf.full_setup(data=data, pretrained=False, batch_size=4, epochs=1, seeds=(0, 1), device="cpu")
+    b = _cifar_bench(data, batch_size=4, epochs=1, seeds=(0, 1, 2))
     assert "from scratch" in capsys.readouterr().out
-    assert clf.is_fullscale(s) and s.base.model == "efficientnet_b1-scratch" and s.base.data == data.name
-    assert s.base.milestones == (100, 200) and clf.optimizer_settings(s) is clf.RELEASE_OPTIMIZERS
-    assert clf.gal_settings(s)["first_order"] == "mean"
-    finals, hists = clf.run_experiment([s], ("SGD+momentum",), progress=False)
-    assert len(finals) == 4 and finals["test_accuracy"].between(0, 1).all()
+    assert clf.is_fullscale(b.setup) and b.setup.base.model == "efficientnet_b1-scratch"
+    assert clf.gal_settings(b.setup)["first_order"] == "mean" and clf.optimizer_settings(b.setup) is clf.RELEASE_OPTIMIZERS
+    finals, hists = clf.run_benchmark(b, progress=False)
+    assert len(finals) == 6 and finals["test_accuracy"].between(0, 1).all()
     assert hists[hists["arm"] == "gal"]["accept_rate"].notna().all()
-    assert (hists["fallbacks"].fillna(0) == 0).all()
-    table = clf.summary_table(finals, hists)
-    assert len(table) == 2 and (table["n"] == 2).all()
-    assert len(list(cache_dir().glob("fakecifar10-*efficientnet_b1-scratch*.json"))) == 4
+    assert len(clf.compare_table(finals)) == 2
 
 
 def test_full_defaults_match_the_release():
@@ -193,22 +354,22 @@ def test_full_defaults_match_the_release():
     assert (s.base.batch_size, s.base.epochs, s.base.milestones) == (320, 300, (100, 200))
     assert s.base.optimizer == "momentum" and s.base.lr == 0.05 and s.base.optimizer_kwargs == {"weight_decay": 1e-5}
     assert clf.gal_settings(s)["ratio"] == 1e-2  # 100 classes
-    assert s.model_fn()(torch.randn(2, 3, 64, 64)).shape == (2, 100)
+    assert clf.RELEASE_OPTIMIZERS["Lookahead(SGD)"]["optimizer_kwargs"]["alpha"] == 0.8
 
 
 def test_loader_path_fairness():
     """Loader path: ratio-0 GAL equals standard bit for bit (same init, order, flips)."""
     data = fake_cifar(n_train=12, n_test=6, num_classes=10, size=16, flip=True)
-    s = clf.full_setup(data=data, pretrained=False, batch_size=4, epochs=2, milestones=(1,), seeds=(3,), device="cpu")
-    fn, built = _recording(lambda: _tiny_cnn(10))
-    s = replace(s, model_fn=fn, base=replace(s.base, model="tinycnn"))
-    arms = clf.paired_arms(s, "Lookahead(SGD)", gal={"ratio": 0.0, "compute_dtype": None})
-    finals, hists = clf.run_arms(arms, s, cache=False, progress=False)
-    assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
-    a = hists[hists["arm"] == "standard"].reset_index(drop=True)
-    b = hists[hists["arm"] == "gal"].reset_index(drop=True)
-    pd.testing.assert_series_equal(a["train_loss"], b["train_loss"])
-    pd.testing.assert_series_equal(a["test_loss"], b["test_loss"])
+    b = _cifar_bench(data, batch_size=4, epochs=2, milestones=(1,), seeds=(3,))
+    b = replace(b, setup=replace(b.setup, model_fn=lambda: _tiny_cnn(10), base=replace(b.setup.base, model="tinycnn")))
+    from galcore.experiments.fullscale import run_loader_arms
+
+    arms = clf.arms_for(b, "SGD+momentum")
+    arms["gal"] = replace(arms["gal"], gal={**arms["gal"].gal, "ratio": 0.0, "compute_dtype": None})
+    finals, hists = run_loader_arms(arms, (3,), data, b.setup.model_fn, progress=False)
+    assert finals["weights_hash"].nunique() == 1
+    a, g = (hists[hists["arm"] == k].reset_index(drop=True) for k in ("standard", "gal"))
+    pd.testing.assert_series_equal(a["test_loss"], g["test_loss"])
 
 
 def test_cifar_absent_gives_a_clear_message(tmp_path):
@@ -219,6 +380,8 @@ def test_cifar_absent_gives_a_clear_message(tmp_path):
         clf.default_setup("full", dataset="cifar100", data_root=str(tmp_path / "nodata"), download=False)
     with pytest.raises(ValueError, match="unknown dataset"):
         cifar_data("mnist", tmp_path, download=False)
+    with pytest.raises(FileNotFoundError, match="cifar10"):
+        clf.paper_benchmarks(data_root=str(tmp_path / "nodata"), download=False)
 
 
 def test_pretrained_weights_unavailable_falls_back_to_scratch(monkeypatch, capsys):
@@ -229,13 +392,11 @@ def test_pretrained_weights_unavailable_falls_back_to_scratch(monkeypatch, capsy
 
     monkeypatch.setattr(EfficientNet_B1_Weights, "get_state_dict", offline)
     model_fn, name = efficientnet_b1_factory(10, pretrained=True)
-    assert name == "efficientnet_b1-scratch"
-    assert "FROM SCRATCH" in capsys.readouterr().out
+    assert name == "efficientnet_b1-scratch" and "FROM SCRATCH" in capsys.readouterr().out
     torch.manual_seed(0)
     a = model_fn()
     torch.manual_seed(0)
-    b = model_fn()
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert state_hash(a) == state_hash(model_fn())
 
 
 def test_device_augment_is_seeded_and_resizes():
@@ -254,13 +415,12 @@ def test_device_augment_is_seeded_and_resizes():
 def test_benchmark_step_runs_on_cpu():
     res = benchmark_step(lambda: _tiny_cnn(10), 10, dict(clf.RELEASE_GAL["cifar10"]), batch_size=4, size=16, steps=1, warmup=1, device="cpu")
     assert res["images_per_s"] > 0 and res["step_ms"] > 0
-    assert isinstance(res["peak_mem_gib"], float)
 
 
 def test_loader_data_name_must_match_config():
+    from galcore.experiments.fullscale import train_loader_run
+
     data = fake_cifar(n_train=4, n_test=2, size=16)
     s = clf.full_setup(data=data, pretrained=False, batch_size=4, epochs=1, device="cpu")
-    bad = replace(s.base, data="something-else")
     with pytest.raises(ValueError, match="does not name this data"):
-        clf.run_one(bad, s, cache=False)
-    assert isinstance(s.data, LoaderData)
+        train_loader_run(replace(s.base, data="something-else"), data, s.model_fn, cache=False)

@@ -169,29 +169,6 @@ def test_faults_fall_back_to_plain_gradient(fault: str) -> None:
         assert p.grad is not None and torch.count_nonzero(p.grad) == 0
 
 
-def test_ratio_zero_is_bitwise_plain_training() -> None:
-    """With GAL's arithmetic in the model's own dtype (the float64 default has its own test)."""
-    torch.manual_seed(0)
-    base = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 10))
-    plain, with_gal = copy.deepcopy(base), copy.deepcopy(base)
-    gal = GAL(10, ratio=0.0, compute_dtype=None)
-    opt_p = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
-    opt_g = torch.optim.SGD([*with_gal.parameters(), *gal.parameters()], lr=0.1, momentum=0.9)
-    data = [_batch(32) for _ in range(3)]
-    for step in range(60):
-        x, y = data[step % 3]
-        torch.manual_seed(step)
-        opt_p.zero_grad()
-        F.cross_entropy(plain(x), y).backward()
-        opt_p.step()
-        torch.manual_seed(step)
-        opt_g.zero_grad()
-        gal.backward(with_gal(x), lambda o: F.cross_entropy(o, y), lr=0.1)
-        opt_g.step()
-    for p, q in zip(plain.parameters(), with_gal.parameters()):
-        assert torch.equal(p, q)
-
-
 def _train(model: nn.Module, gal: GAL, opt: torch.optim.Optimizer, steps: range) -> None:
     for step in steps:
         x, y = _batch(16)
@@ -346,3 +323,34 @@ def test_custom_h_of_the_wrong_size_is_named() -> None:
     ok = GAL(4, h=nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4)), ratio=0.1)
     rec = ok.backward(torch.randn(2, 4, requires_grad=True), lambda o: (o**2).sum(), lr=0.1)
     assert not bool(rec.fallback)
+
+
+def test_h_is_one_flat_parameter_with_the_plain_stack_state_dict() -> None:
+    """GAL keeps h's weights in one flat parameter (one tensor for the optimizer and DDP);
+    ``h[i].weight`` are views of it, and state dicts load from and into the plain stack."""
+    from galcore.adjuster import LinearStack, make_adjuster
+
+    torch.manual_seed(0)
+    gal = GAL(10)
+    assert [n for n, _ in gal.named_parameters()] == ["h.flat"] and gal.h.flat.numel() == 5030
+    plain = make_adjuster(10, galcore.release_hidden(10))
+    plain.load_state_dict(gal.h.state_dict())  # the plain stack's keys, both ways
+    assert set(gal.state_dict()) == {"h.0.weight", "h.0.bias", "h.1.weight", "h.1.bias", "h.2.weight", "h.2.bias",
+                                     "h.3.weight", "h.3.bias", "num_steps", "num_accepted", "num_fallbacks", "_extra_state"}
+    x = torch.randn(300, 10)  # many rows: the affine map is multiplied out first
+    torch.testing.assert_close(gal.h(x), plain(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gal.h(x[:3]), plain(x[:3]), rtol=1e-5, atol=1e-6)
+    grad = torch.autograd.grad(gal.h(x).square().sum(), gal.h.flat)[0]
+    grads = torch.autograd.grad(plain(x).square().sum(), list(plain.parameters()))
+    torch.testing.assert_close(grad, torch.cat([t.t().flatten() if t.ndim == 2 else t for t in grads]), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        gal.h[1].bias[0] = 7.0  # views write into the flat parameter, also after a copy or a dtype change
+    assert float(gal.h.flat[1000 + 100 + 3200]) == 7.0
+    twin = copy.deepcopy(gal).double()
+    assert twin.h[1].bias.dtype == torch.float64 and float(twin.h[1].bias[0]) == 7.0
+    fresh = GAL(10)
+    fresh.load_state_dict(gal.state_dict())
+    assert torch.equal(fresh.h.flat, gal.h.flat)
+    relu = LinearStack(*make_adjuster(4, (8,), activation="relu"))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        relu.load_state_dict({"0.weight": torch.zeros(8, 4)})

@@ -10,7 +10,7 @@ import pytest
 from galcore.experiments.report import BEGIN, END, render_summary
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCK = re.compile(r"(<!-- no-test -->\s*)?```python\n(.*?)```", re.S)
+BLOCK = re.compile(r"(<!-- no-test -->\s*)?```python\n(.*?)```", re.DOTALL)
 
 
 def _snippets() -> list[str]:
@@ -26,7 +26,7 @@ def test_readme_snippets_run_in_order(tmp_path: Path, monkeypatch: pytest.Monkey
     namespace: dict[str, object] = {"__name__": "__readme__"}
     for i, code in enumerate(_snippets()):
         try:
-            exec(compile(code, f"README.md snippet {i + 1}", "exec"), namespace)
+            exec(compile(code, f"README.md snippet {i + 1}", "exec"), namespace)  # noqa: S102 - running the README is the test
         except Exception as e:  # pragma: no cover - the message names the snippet
             raise AssertionError(f"README snippet {i + 1} failed: {type(e).__name__}: {e}\n{code}") from e
 

@@ -12,10 +12,10 @@ from torch import nn
 
 import galcore
 from galcore.adjuster import make_adjuster, release_hidden
+from galcore.experiments.harness import Data, TrainConfig, paired_table, run, run_arms
 from galcore.experiments.models import MLP, ResNet8, SmallCNN
 from galcore.experiments.optim import OPTIMIZERS, make_optimizer
 from galcore.experiments.stats import paired_ci
-from galcore.experiments.harness import Data, TrainConfig, paired_table, run, run_arms
 
 
 def test_profile_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,23 +96,24 @@ def test_harness_is_fair_and_ratio_zero_matches_standard(tmp_path, monkeypatch: 
     monkeypatch.setenv("GALCORE_RESULTS", str(tmp_path))
     data = _toy_data()
     base = TrainConfig(model="mlp", data="toy", epochs=2, batch_size=16, lr=0.1)
-    model_fn = lambda: MLP(64, 4, hidden=(16,), dropout=0.1)  # noqa: E731
+    model_fn = lambda: MLP(64, 4, hidden=(16,), dropout=0.1)
     arms = {
         "standard": base,
         "gal0": dataclasses.replace(base, gal={"ratio": 0.0}),
         "gal": dataclasses.replace(base, gal={"ratio": 0.1, "track_plain": True}, probe_every=2),
     }
-    finals, hist = run_arms(arms, [0, 1], data, model_fn, progress=False)
+    finals, hist = run_arms(arms, [0, 1], data, model_fn, progress=False, cache=True)
     std = finals[finals.arm == "standard"].set_index("seed")
     zero = finals[finals.arm == "gal0"].set_index("seed")
-    for col in ("test_loss", "test_accuracy", "train_loss"):
+    for col in ("test_loss", "test_accuracy", "train_loss", "weights_hash"):
         assert (std[col] == zero[col]).all()
     assert set(hist.columns) >= {"arm", "seed", "epoch", "accept_rate", "remainder_abs", "remainder_plain_abs"}
     table = paired_table(finals, "test_accuracy")
     assert list(table.arm) == ["gal0", "gal"] and table.iloc[0]["mean_diff"] == 0
     # cached: the second call reads the files and gives the same numbers
-    again, _ = run_arms(arms, [0, 1], data, model_fn, progress=False)
-    assert np.allclose(again["test_loss"], finals["test_loss"])
+    again, _ = run_arms(arms, [0, 1], data, model_fn, progress=False, cache=True)
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 6
+    assert (again["test_loss"] == finals["test_loss"]).all() and (again["seconds"] == finals["seconds"]).all()
     res = run(dataclasses.replace(arms["gal"], seed=0), data, model_fn)
     assert len(res.probe) == 4 and all(np.isfinite(r["r1"]) for r in res.probe)
 
@@ -121,7 +122,7 @@ def test_harness_parameter_space_and_frozen_h(tmp_path, monkeypatch: pytest.Monk
     monkeypatch.setenv("GALCORE_RESULTS", str(tmp_path))
     data = _toy_data()
     cfg = TrainConfig(model="mlp", data="toy", epochs=1, batch_size=32, lr=0.1, gal={"ratio": 0.1, "hidden": (8,)})
-    model_fn = lambda: MLP(64, 4, hidden=(4,))  # noqa: E731
+    model_fn = lambda: MLP(64, 4, hidden=(4,))
     res = run(dataclasses.replace(cfg, space="parameter"), data, model_fn, cache=False)
     assert 0.0 <= res.final["accept_rate"] <= 1.0 and np.isfinite(res.final["test_loss"])
     frozen = run(dataclasses.replace(cfg, gal={**cfg.gal, "frozen_h": True}), data, model_fn, cache=False)

@@ -201,3 +201,31 @@ def test_release_gd_reaches_a_deep_minimum_with_and_without_gal() -> None:
         assert d < 0.01
         assert m[i, 2] == pytest.approx(m[0, 2], abs=1e-6)  # one of the two deepest (mirror) minima
         assert run.final_loss < run.losses[0]
+
+
+def test_gd_tentative_step_is_the_real_step_and_objective_forms() -> None:
+    # GD with gal_scale 1: an accepted step moves by exactly the tentative step eta (g + a)
+    run = run_toy("gd", gal=True, steps=25, remainders=False)
+    assert run.accepted is not None and run.accepted.all()
+    assert run.tentative_length is not None and run.objective is not None and run.gal_remainder is not None
+    np.testing.assert_allclose(run.tentative_length, run.step_lengths, rtol=1e-9, atol=1e-15)
+    # "sum": h minimises |remainder|; "mean" (the release) does not
+    total = run_toy("gd", gal=True, steps=25, remainders=False, first_order="sum")
+    np.testing.assert_allclose(total.objective, np.abs(total.gal_remainder), rtol=1e-9, atol=1e-15)
+    assert np.abs(run.objective - np.abs(run.gal_remainder)).max() > 1e-3
+    assert (run.label, total.label, run_toy("gd", gal=False, steps=2).label) == ("GAL (mean)", "GAL (sum)", "plain")
+    # Adam with gal_scale 0.1: the tentative step is a GD step of lr * 0.1, not Adam's step
+    adam = run_toy("adam", gal=True, steps=25, remainders=False)
+    assert adam.tentative_length is not None
+    assert not np.allclose(adam.tentative_length, adam.step_lengths, rtol=1e-3)
+
+
+def test_float32_runs_as_the_release_and_bad_arguments_are_named() -> None:
+    run = run_toy("rmsprop", gal=True, steps=10, remainders=False, dtype=torch.float32)
+    assert run.finite and run.positions.shape == (11, 2)
+    with pytest.raises(ValueError, match="setting"):
+        run_toy("sgd_nesterov")
+    with pytest.raises(ValueError, match="first_order"):
+        run_toy("gd", steps=2, first_order="median")
+    with pytest.raises(ValueError, match="steps"):
+        run_toy("gd", steps=-1)

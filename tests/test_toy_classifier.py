@@ -1,16 +1,25 @@
-"""The tiny-classifier experiment: fair arms (same start, same batches), records, reproducibility."""
+"""The tiny-classifier experiment on the harness: data, fair arms, the late remainder ratio."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from galcore.experiments.toy_classifier import ARMS, ClassifierSetting, make_spirals, run_classifier
+from galcore.experiments import harness
+from galcore.experiments.toy_classifier import (
+    ARMS,
+    ClassifierSetting,
+    batch_perturbation,
+    classifier_arms,
+    classifier_data,
+    late_remainder_ratio,
+    make_spirals,
+    tiny_mlp,
+)
 
-SMALL = ClassifierSetting(steps=8, n_per_class=32, batch=32, width=16)
+SMALL = ClassifierSetting(epochs=2, n_per_class=16, batch=16)
 
 
 def test_spirals_are_deterministic_and_balanced() -> None:
@@ -21,46 +30,66 @@ def test_spirals_are_deterministic_and_balanced() -> None:
     assert torch.equal(X1, X2) and torch.equal(y1, y2)
     assert not torch.equal(X1, X3)
     assert torch.bincount(y1).tolist() == [50, 50, 50]
+    with pytest.raises(ValueError, match="n_per_class"):
+        make_spirals(0)
 
 
-def test_arms_start_from_the_same_point() -> None:
-    runs = {arm: run_classifier(arm, seed=3, setting=SMALL) for arm in ARMS}
-    # same model init and first batch: the first step's loss is the same in every arm
-    first = [float(runs[a].loss[0]) for a in ARMS]
-    assert first[0] == pytest.approx(first[1], rel=1e-6) and first[0] == pytest.approx(first[2], rel=1e-6)
-    # same h init too: GAL's first-step records coincide for frozen and learned h
-    f, l = runs["frozen"], runs["learned"]
-    assert f.remainder is not None and l.remainder is not None
-    assert f.remainder[0] == l.remainder[0] and f.remainder_plain[0] == l.remainder_plain[0]
-    # h is updated in the learned arm only, so later records differ
-    assert not np.array_equal(f.remainder[2:], l.remainder[2:])
-    assert runs["plain"].accepted is None and runs["plain"].remainder is None
+def test_data_and_arms() -> None:
+    data = classifier_data(SMALL)
+    assert data.x_train.shape == (64, 2) and data.num_outputs == 4
+    assert not torch.equal(data.x_train, data.x_test)  # the test set is drawn from another seed
+    arms = classifier_arms(SMALL, epochs=3)
+    assert tuple(arms) == ARMS
+    std, learned, frozen = (arms[a] for a in ARMS)
+    assert std.gal is None and std.epochs == 3
+    assert learned.gal == frozen.gal and learned.gal is not None and learned.gal["track_plain"] is True
+    assert (learned.h_optimizer, learned.h_lr, learned.frozen_h) == ("adam", SMALL.h_lr, False)
+    assert frozen.frozen_h is True
+    # everything else is shared
+    for cfg in (learned, frozen):
+        assert (cfg.optimizer, cfg.lr, cfg.epochs, cfg.batch_size) == (std.optimizer, std.lr, std.epochs, std.batch_size)
 
 
-def test_runs_reproduce_and_records_are_sane() -> None:
-    a = run_classifier("learned", seed=1, setting=SMALL)
-    b = run_classifier("learned", seed=1, setting=SMALL)
-    assert np.array_equal(a.loss, b.loss) and np.array_equal(a.remainder, b.remainder)
-    assert a.test_acc == b.test_acc
-    for arr in (a.loss, a.remainder, a.remainder_plain, a.objective):
-        assert arr is not None and arr.shape == (SMALL.steps,) and np.isfinite(arr).all()
-    assert a.accepted is not None and a.accepted.dtype == bool
-    # cross-entropy is convex in the logits: the plain tentative step's remainder is >= 0
-    assert (a.remainder_plain >= -1e-12).all()
-    np.testing.assert_allclose(a.objective, np.abs(a.remainder), rtol=1e-9, atol=1e-15)  # "sum" form
-    assert 0.0 <= a.test_acc <= 1.0 and 0.0 <= a.acceptance_rate <= 1.0
-    assert a.windows(np.arange(8.0), 4).tolist() == [0.5, 2.5, 4.5, 6.5]
+def test_arms_run_fairly_and_h_learns_only_when_trained() -> None:
+    finals, hists = harness.run_arms(classifier_arms(SMALL), [0], classifier_data(SMALL), tiny_mlp, progress=False)
+    assert set(finals["arm"]) == set(ARMS)
+    gal = hists[hists["arm"] != "standard"]
+    assert gal["remainder_abs"].notna().all() and gal["remainder_plain_abs"].notna().all()
+    assert (gal["remainder_plain_abs"] > 0).all()
+    late = late_remainder_ratio(hists)
+    assert set(late["arm"]) == {"gal learned", "gal frozen"}
+    f = late.set_index("arm")["late_remainder_ratio"]
+    assert np.isfinite(f).all() and f["gal learned"] != f["gal frozen"]
+    # all three arms end with different weights (GAL at r = 0.1 changes the steps)
+    assert finals["weights_hash"].nunique() == 3
 
 
-def test_ratio_zero_follows_the_plain_run() -> None:
-    s0 = dataclasses.replace(SMALL, ratio=0.0)
-    plain = run_classifier("plain", seed=2, setting=s0)
-    gal0 = run_classifier("frozen", seed=2, setting=s0)
-    # GAL computes its gradient in float64: the same run up to float32 rounding
-    np.testing.assert_allclose(gal0.loss, plain.loss, rtol=1e-5)
-    assert gal0.test_loss == pytest.approx(plain.test_loss, rel=1e-4)
+def test_late_remainder_ratio_values_and_errors() -> None:
+    hists = pd.DataFrame({
+        "arm": ["a"] * 4 + ["standard"] * 4,
+        "seed": [0] * 8,
+        "epoch": [4, 1, 2, 3] * 2,
+        "remainder_abs": [0.5, 9.0, 9.0, 3.0] + [np.nan] * 4,
+        "remainder_plain_abs": [1.0, 1.0, 1.0, 2.0] + [np.nan] * 4,
+    })
+    out = late_remainder_ratio(hists)  # last half: epochs 3 and 4 -> (0.5 + (-0.5)) / 2
+    assert out["arm"].tolist() == ["a"]
+    assert out["late_remainder_ratio"].iloc[0] == pytest.approx(0.0)
+    assert late_remainder_ratio(hists, last=0.25)["late_remainder_ratio"].iloc[0] == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="last"):
+        late_remainder_ratio(hists, last=0.0)
+    with pytest.raises(ValueError, match="remainder_plain_abs"):
+        late_remainder_ratio(hists.drop(columns="remainder_plain_abs"))
 
 
-def test_bad_arm_is_refused() -> None:
-    with pytest.raises(ValueError):
-        run_classifier("random", seed=0, setting=SMALL)
+def test_batch_perturbation_exceeds_the_per_sample_bound_at_init() -> None:
+    out = batch_perturbation(SMALL, seed=0)
+    assert set(out) == {"param_ratio", "output_ratio", "cosine"}
+    assert all(np.isfinite(v) for v in out.values())
+    assert -1.0 <= out["cosine"] <= 1.0 + 1e-6
+    # h's directions nearly coincide at init, so the batch's adjustment is many r of the step
+    assert out["cosine"] > 0.9 and out["param_ratio"] > 1.5
+    # the measured ratio is in units of r: it does not depend on r
+    assert batch_perturbation(SMALL, seed=0, ratio=0.01)["param_ratio"] == pytest.approx(out["param_ratio"], rel=1e-5)
+    with pytest.raises(ValueError, match="ratio"):
+        batch_perturbation(SMALL, ratio=0.0)

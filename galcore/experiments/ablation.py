@@ -1,1140 +1,831 @@
-"""Ablations of GAL: which of its settings matter, measured on paired seeds.
+"""Notebook 05's studies: what each of GAL's settings does to training, and where it acts.
 
-A :class:`Study` varies one factor of GAL (its ratio r, the tentative step's ``scale``, the
-architecture of h, the acceptance rule, the first-order term, the space the adjustment lives
-in, the optimizer underneath) on one setup (classification or regression) and compares every
-setting with the study's control on the same seeds, initial weights and data order
-(:func:`galcore.experiments.harness.run`, cached on disk by config hash). :func:`summarize` picks each
-study's best setting and gives its paired difference from the control (95% CI over seeds) and
-a plain sentence generated from those numbers. The cost study times a training step and
-measures its peak memory, GAL vs standard, with :mod:`galcore.experiments.bench` (the step benchmark's code).
+One small, fast setup (:func:`setup`: scikit-learn's digits, an MLP 64-64-10, SGD with
+momentum 0.9, lr 0.05 and weight decay 1e-5 as in the release's CIFAR runs) carries every
+study, so many seeds fit a CPU budget. A :class:`Study` is a set of arms
+(:class:`~galcore.experiments.harness.TrainConfig`) with one control; its arms run on the same
+seeds (paired: same initial weights, batches and h), output-space GAL arms through
+:func:`galcore.experiments.mechanism.trace` (the harness's run plus the measurements of the
+mechanism), parameter-space arms through :func:`galcore.experiments.harness.run_arms`.
 
-Setups come from :mod:`galcore.experiments.classification` / :mod:`galcore.experiments.regression`
-(``default_setup(profile)``) when those modules exist, else from the small fallbacks below;
-:data:`SETUP_MODULES` is the one line that switches. :data:`BUDGET` then caps epochs (and, in
-``smoke``, the training rows) so that the whole notebook fits its profile's time.
+Studies (:func:`studies`):
 
-Controls (what every other setting of a study is compared with):
+- ``dose``: ratio r x how h learns (frozen, in the model's optimizer, its own Adam), r = 0
+  (the standard method) as control.
+- ``batch``: the same grid with ``normalize="batch"``; compared with the standard method and
+  with the same arm under the per-sample normalisation.
+- ``accept``: the acceptance rule at large learning rates (plain SGD up to lr 1) and at ratios
+  where tentative steps can be rejected.
+- ``factors``: scale, first-order term, acceptance rule, h's architecture and how h learns, one
+  at a time around an active base (r = 0.1, h trained by its own Adam).
+- ``space``: output vs parameter space on a model small enough for :class:`galcore.ParamGAL`.
 
-=============  ===============================================  ===========================
-study          settings                                         control
-=============  ===============================================  ===========================
-ratio          r = 0 (standard), 1e-4, 1e-3, 1e-2, 1e-1, 0.3   r = 0, the standard method
-scale          0.1, 1, 10                                       1 (the release)
-h              release linear stack, same + ReLU, one linear,   the frozen random h (is it the
-               a fixed random h never trained                   learning that helps?)
-accept         "decrease", "always"                             "decrease" (the release)
-first_order    "mean", "sum"                                    "mean" (the release's form)
-space          output, parameter (a tiny MLP, h 64-16)          output (the release's code)
-optimizer-*    standard, GAL (per optimizer)                    standard
-cost-*         standard, GAL                                    standard
-=============  ===============================================  ===========================
-
-Everything a study does not vary is the setup's GAL base (:func:`gal_base`): the shared
-module's ``gal_options()`` (both have one: ratio 1e-3 for classification, 0.1 for regression,
-GAL's arithmetic in float64), else ``ratio=1e-3`` (the CIFAR-10 release) and galcore's
-defaults (``scale=1``, release h, ``first_order="sum"``, ``accept="decrease"``).
-
-Profiles: ``smoke`` (nbval, about half a minute): 2 seeds, 1-2 epochs on a few hundred rows.
-``default`` (the main job, minutes on 2 CPU cores): the setups as notebooks 02 and 04 run them,
-5 seeds. ``full``: the same in-memory setups with 10 seeds (a paper-scale ablation would be
-some 250 paper-scale runs per setup).
+:func:`verdicts` compares arms with :func:`galcore.experiments.harness.compare` on test NLL and
+test error (margins in :data:`MARGIN_ERROR` and :func:`loss_margin`). The rest of the module is
+the notebook's views: tables (``*_view``, :func:`arm_table`), figures (``show_*``, through
+:func:`galcore.experiments.plots.show`), the text of the findings (``*_text``,
+:func:`conclusion`: every number and verdict computed, each reading stated only when the
+numbers support it) and the files (:func:`save_summary`, :func:`save_conclusion`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import importlib
-import importlib.util
-import inspect
-import math
-import os
-import statistics
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from types import ModuleType
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats as _sstats
-from torch import nn
 
-from galcore.experiments.bench import StepRunner, step_peak_bytes, time_steps
+from galcore.adjuster import release_hidden
+from galcore.config import GALConfig
+from galcore.experiments import harness, mechanism
 from galcore.experiments.datasets import digits
-from galcore.gal import GAL
-from galcore.experiments.models import MLP, SmallCNN
-from galcore.experiments.optim import make_optimizer
+from galcore.experiments.harness import Data, Setup, TrainConfig
+from galcore.experiments.models import MLP
 from galcore.experiments.profile import Profile, choose, get_profile
-from galcore.experiments.results import results_dir
-from galcore.experiments.stats import PairedResult, paired_ci
-from galcore.experiments.harness import Data, RunResult, Setup, TrainConfig, build_gal, cache_path, loss_function, run
+
+_GAL_DEFAULTS = GALConfig()
 
 __all__ = [
-    "BUDGET",
-    "GROUPS",
-    "METRICS",
-    "OPTIMIZER_ARMS",
-    "SETUP_MODULES",
-    "SUMMARY_COLUMNS",
-    "LoadedSetup",
-    "Metric",
-    "Study",
-    "arm_table",
-    "build_studies",
-    "canonical_gal",
-    "default_studies",
-    "describe",
-    "describe_arms",
-    "flatten_config",
-    "format_summary",
-    "gal_base",
-    "load_setup",
-    "measure_cost",
-    "pending_jobs",
-    "plot_group",
-    "prefetch",
-    "report_group",
-    "run_all",
-    "run_cached",
-    "run_study",
-    "same_values",
-    "save_summary",
-    "shared_optimizers",
-    "summarize",
-    "summarize_finals",
-    "summary_table",
+    "H_MODES", "MARGIN_ERROR", "MARGIN_LOSS_FRACTION", "OUT", "RATIOS", "SHORT", "Study", "accept_text", "arm_table",
+    "base_text", "batch_text", "conclusion", "dose_text", "factors_text", "gal_arm", "label", "loss_margin",
+    "mechanism_text", "mechanism_view", "ray_table", "results_view", "run_study", "save_conclusion", "save_summary",
+    "setup", "setup_table", "show_dose", "show_mechanism", "show_verdicts", "space_setup", "space_text",
+    "split_label", "studies", "summary_frame", "verdict_view", "verdicts",
 ]
 
-Task = Literal["classification", "regression"]
-TASKS: tuple[Task, ...] = ("classification", "regression")
 OUT = "05_ablations"
-
-#: Where the shared setups live (``default_setup(profile=None) -> Setup``); a ``None`` value,
-#: or a module that does not exist, uses this module's fallback. Switching is this one line.
-SETUP_MODULES: dict[str, str | None] = {"classification": "galcore.experiments.classification", "regression": "galcore.experiments.regression"}
-
-#: Applied to whichever setup is used: at most ``epochs`` epochs and ``max_train`` training
-#: rows (None: the setup's), exactly ``seeds`` seeds (the setup's first ones, else 0..n-1).
-BUDGET: dict[str, dict[str, dict[str, Any]]] = {
-    "smoke": {
-        "classification": {"epochs": 1, "max_train": 256, "seeds": 2},
-        "regression": {"epochs": 2, "max_train": 128, "seeds": 2},
-    },
-    "default": {
-        "classification": {"epochs": None, "max_train": None, "seeds": 5},
-        "regression": {"epochs": None, "max_train": None, "seeds": 5},
-    },
-    "full": {
-        "classification": {"epochs": None, "max_train": None, "seeds": 10},
-        "regression": {"epochs": None, "max_train": None, "seeds": 10},
-    },
+#: the dose-response ratios (r = 0, the standard method, is the control)
+RATIOS = (1e-3, 1e-2, 3e-2, 0.1, 0.3)
+#: how h learns: frozen (random, never trained), in the model's optimizer (the release's CIFAR
+#: code), or by its own Adam with its own lr (the release's ImageNet gal_lr idea)
+H_MODES: dict[str, dict[str, Any]] = {
+    "frozen": {"frozen_h": True},
+    "model's optimizer": {},
+    "own Adam": {"h_optimizer": "adam", "h_lr": 1e-3},
 }
-
-#: GAL's constructor defaults (read from its signature) and training's extra keys, used to
-#: compare configs.
-GAL_DEFAULTS: dict[str, Any] = {
-    **{
-        name: p.default
-        for name, p in inspect.signature(GAL.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty and name not in ("dim", "h", "sync_distributed")
-    },
-    "frozen_h": False,
-    "h_seed": None,
-}
+#: equivalence margin on test error (percentage points): the release's smallest reported gain
+#: (CIFAR-10, SGD: 1.86% -> 1.78%)
+MARGIN_ERROR = 0.08
+#: equivalence margin on test NLL, as a fraction of the standard method's mean test NLL
+MARGIN_LOSS_FRACTION = 0.05
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A compared column: its axis label, its name in a sentence, the unit of a difference,
-    and whether lower (``"min"``) or higher (``"max"``) is better."""
-
-    column: str
-    label: str
-    noun: str
-    unit: str
-    goal: Literal["min", "max"] = "min"
+def loss_margin(finals: pd.DataFrame, control: str = "standard") -> float:
+    """The test-NLL equivalence margin: :data:`MARGIN_LOSS_FRACTION` of ``control``'s mean."""
+    return MARGIN_LOSS_FRACTION * float(finals.loc[finals["arm"] == control, "test_loss"].mean())
 
 
-#: The metric of each task's studies and of the cost studies.
-METRICS: dict[str, Metric] = {
-    "classification": Metric("test_error", "test error (%)", "test error", "percentage points"),
-    "regression": Metric("test_rmse_orig", "test RMSE (target units)", "test RMSE", "target units"),
-    "step_ms": Metric("step_ms", "time per step (ms)", "time per step", "ms"),
-    "step_peak_mb": Metric("step_peak_mb", "peak memory of a step (MB)", "peak memory of a step", "MB"),
-}
-
-#: Study groups in notebook order: (key, heading, why).
-GROUPS: list[tuple[str, str, str]] = [
-    ("ratio", "1. Magnitude ratio r", "r sets the adjustment's norm relative to the gradient's; r = 0 is plain training."),
-    ("scale", "2. Scale of the tentative step", "The tentative step uses lr x scale; it decides which remainder h learns to cancel."),
-    ("h", "3. Architecture of h", "Is it the learning of h that helps, or just a perturbation of the gradient? A fixed random h is the control."),
-    ("accept", "4. Acceptance rule", "The release uses the adjusted gradient only when the tentative loss did not increase."),
-    ("first_order", "5. First-order term", "The exact Taylor term sums <delta, g> over the batch; the release averages it."),
-    ("space", "6. Output space vs parameter space", "The release adjusts the logits' gradient (classification) or the parameters' (3D toy)."),
-    ("optimizers", "7. Optimizers", "GAL only changes the gradient; does its effect depend on the optimizer that uses it?"),
-    ("cost", "8. Cost", "What GAL costs per training step, in time and in memory."),
-]
+# -- the setup --------------------------------------------------------------------------------
+def _subset(data: Data, n: int) -> Data:
+    idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(1234))[:n]
+    return replace(data, name=f"{data.name}-sub{n}", x_train=data.x_train[idx], y_train=data.y_train[idx])
 
 
-# -- setups ---------------------------------------------------------------------------------
-def _fallback_classification(profile: Profile | None = None) -> Setup:
-    """Digits (1,347 train / 450 test, 8x8) with :class:`galcore.experiments.models.SmallCNN`, SGD with
-    momentum 0.9, lr 0.05, batch 64 (epochs and seeds from :data:`BUDGET`)."""
-    data = digits()
-    base = TrainConfig(model="smallcnn16-10", data=data.name, optimizer="momentum", lr=0.05, epochs=8, batch_size=64)
-    return Setup(data=data, model_fn=SmallCNN, base=base, seeds=(0, 1, 2, 3, 4))
-
-
-def _diabetes() -> Data:
-    from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_diabetes(scaled=False)
-    x = torch.tensor(bunch.data, dtype=torch.float32)
-    y = torch.tensor(bunch.target, dtype=torch.float32).reshape(-1, 1)
-    tr, te = (torch.as_tensor(i) for i in train_test_split(np.arange(len(y)), test_size=0.25, random_state=0))
-    xm, xs = x[tr].mean(0, keepdim=True), x[tr].std(0, keepdim=True)
-    ym, ys = y[tr].mean(), y[tr].std()
-    return Data("diabetes-0.25-0", (x[tr] - xm) / xs, (y[tr] - ym) / ys, (x[te] - xm) / xs, (y[te] - ym) / ys, 1, float(ys))
-
-
-def _fallback_regression(profile: Profile | None = None) -> Setup:
-    """Diabetes (bundled) with an MLP 10-64-64-1, MSE, SGD with momentum, lr 0.01, batch 32."""
-    data = _diabetes()
-    base = TrainConfig(
-        model="mlp10-64-64-1", data=data.name, task="regression", loss="mse", optimizer="momentum", lr=0.01, epochs=25, batch_size=32
-    )
-    return Setup(data=data, model_fn=lambda: MLP(10, 1, hidden=(64, 64)), base=base, seeds=(0, 1, 2, 3, 4))
-
-
-_FALLBACKS: dict[str, Callable[[Profile | None], Setup]] = {
-    "classification": _fallback_classification,
-    "regression": _fallback_regression,
-}
-
-
-def _shared_module(task: str) -> ModuleType | None:
-    name = SETUP_MODULES.get(task)
-    if not name or importlib.util.find_spec(name) is None:
-        return None
-    return importlib.import_module(name)
-
-
-def _subset(data: Data, max_train: int | None) -> Data:
-    """The first ``max_train`` training rows of a fixed permutation (test set unchanged)."""
-    if max_train is None or max_train >= len(data.x_train):
-        return data
-    idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(1234))[:max_train]
-    return replace(data, name=f"{data.name}-sub{max_train}", x_train=data.x_train[idx], y_train=data.y_train[idx])
-
-
-@dataclass(frozen=True)
-class LoadedSetup:
-    """A setup as the ablations use it: sized by :data:`BUDGET`, with its GAL base and origin."""
-
-    task: Task
-    setup: Setup
-    gal: Mapping[str, Any]
-    source: str
-    optimizers: Mapping[str, tuple[float, Mapping[str, Any]]] = field(default_factory=dict)
-
-
-def shared_optimizers(module: ModuleType | None, setup: Setup) -> dict[str, tuple[float, dict[str, Any]]]:
-    """``{optimizer name: (lr, kwargs)}`` that the shared setup module tuned for its setup
-    (classification: ``optimizer_settings(setup)``; regression: ``LR[dataset]``)."""
-    out: dict[str, tuple[float, dict[str, Any]]] = {}
-    if module is None:
-        return out
-    fn = getattr(module, "optimizer_settings", None)
-    if callable(fn):
-        for s in fn(setup).values():
-            out[str(s["optimizer"])] = (float(s["lr"]), dict(s.get("optimizer_kwargs", {})))
-    table = getattr(module, "LR", None)
-    dataset = setup.data.name.split("-")[0]
-    if isinstance(table, Mapping) and isinstance(table.get(dataset), Mapping):
-        for name, lr in table[dataset].items():
-            out.setdefault(str(name), (float(lr), {}))
-    return out
-
-
-def gal_base(task: str, module: ModuleType | None = None, profile: Profile | None = None) -> dict[str, Any]:
-    """The GAL options held fixed while a study varies one: the shared module's
-    ``gal_options()`` (without ``track_plain``, a diagnostic) when it has one, else
-    ``{"ratio": 1e-3}`` (the CIFAR-10 release; everything else galcore's defaults)."""
-    fn = getattr(module, "gal_options", None) if module is not None else None
-    if callable(fn):
-        opts = dict(fn(profile=profile) if "profile" in inspect.signature(fn).parameters else fn())
-        opts.pop("track_plain", None)
-        opts.setdefault("ratio", GAL_DEFAULTS["ratio"])
-        return canonical_gal(opts)
-    return {"ratio": 1e-3}
-
-
-def load_setup(task: Task, profile: Profile | None = None) -> LoadedSetup:
-    """The ``task`` setup (shared module if present, else the fallback), capped by :data:`BUDGET`."""
+def setup(profile: Profile | None = None) -> Setup:
+    """Digits (1,347 train / 450 test images, 8x8, standardised), an MLP 64-64-10, SGD with
+    momentum 0.9, lr 0.05, weight decay 1e-5, batch 64; 10 epochs and 8 seeds (``smoke``:
+    256 training images, 2 epochs, 3 seeds; ``full``: 16 seeds)."""
     p = profile or get_profile()
-    # full: the in-memory (default) setups with more seeds and epochs; a paper-scale ablation
-    # would be some 250 paper-scale runs per setup.
-    sp: Profile = "default" if p == "full" else p
-    module = _shared_module(task)
-    if module is not None and callable(getattr(module, "default_setup", None)):
-        setup = module.default_setup(profile=sp)
-        source = module.__name__
-    else:
-        setup = _FALLBACKS[task](sp)
-        source = f"{__name__} fallback"
-    budget = BUDGET[p][task]
-    data = _subset(setup.data, budget["max_train"])
-    epochs = setup.base.epochs if budget["epochs"] is None else min(setup.base.epochs, budget["epochs"])
-    base = replace(setup.base, gal=None, data=data.name, epochs=epochs)
-    seeds = tuple(setup.seeds[: budget["seeds"]]) if len(setup.seeds) >= budget["seeds"] else tuple(range(budget["seeds"]))
-    sized = Setup(data=data, model_fn=setup.model_fn, base=base, seeds=seeds)
-    return LoadedSetup(task, sized, gal_base(task, module, sp), source, shared_optimizers(module, setup))
+    data = digits()
+    if p == "smoke":
+        data = _subset(data, 256)
+    base = TrainConfig(model="mlp64-64-10", data=data.name, optimizer="momentum", lr=0.05,
+                       optimizer_kwargs={"weight_decay": 1e-5}, epochs=choose(2, 10, profile=p), batch_size=64)
+    seeds = tuple(range(choose(3, 8, 16, profile=p)))  # 3: the fewest for which compare reports an mde
+    return Setup(data=data, model_fn=lambda: MLP(64, 10, hidden=(64,)), base=base, seeds=seeds)
 
 
-# -- studies --------------------------------------------------------------------------------
-def canonical_gal(opts: Mapping[str, Any]) -> dict[str, Any]:
-    """GAL options with ``ratio`` always present and every other key at its default dropped,
-    so equal settings give equal dicts (and share the run cache)."""
-    out = {"ratio": float(opts.get("ratio", GAL_DEFAULTS["ratio"]))}
-    for k, v in opts.items():
-        if k == "ratio":
-            continue
-        if k in GAL_DEFAULTS and _same(v, GAL_DEFAULTS[k]):
-            continue
-        out[k] = tuple(v) if isinstance(v, list) else v
-    return out
+def space_setup(profile: Profile | None = None) -> Setup:
+    """:func:`setup` with an MLP 64-8-10 (610 parameters), small enough for ParamGAL's h."""
+    s = setup(profile)
+    return replace(s, model_fn=lambda: MLP(64, 10, hidden=(8,)), base=replace(s.base, model="mlp64-8-10"))
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return tuple(a) == tuple(b)
-    return bool(a == b) if type(a) is type(b) or (isinstance(a, (int, float)) and isinstance(b, (int, float))) else False
+def gal_arm(base: TrainConfig, ratio: float, h: str = "own Adam", **options: Any) -> TrainConfig:
+    """A GAL arm: ``base`` with GAL at ``ratio``, h learning as ``H_MODES[h]``, other GAL
+    ``options`` (``normalize``, ``scale``...); keys of TrainConfig (``lr``, ``space``,
+    ``h_lr``...) among ``options`` go to the config."""
+    if h not in H_MODES:
+        raise ValueError(f"h must be one of {', '.join(map(repr, H_MODES))}, got {h!r}")
+    fields = set(TrainConfig.__dataclass_fields__)
+    train = {k: v for k, v in options.items() if k in fields}
+    # options at GAL's defaults are left out, so that equal settings share one config (and cache)
+    gal = {k: v for k, v in options.items() if k not in fields and getattr(_GAL_DEFAULTS, k, object()) != v}
+    return replace(base, gal={"ratio": ratio, **gal}, **{**H_MODES[h], **train})
 
 
-def flatten_config(cfg: TrainConfig) -> dict[str, Any]:
-    """A config as flat comparable fields (``seed`` left out). GAL options appear as
-    ``gal.<name>`` with their defaults filled in; the standard method is GAL with ``ratio=0``
-    (what it is mathematically), so a study over r differs only in ``gal.ratio``."""
-    d = asdict(cfg)
-    d.pop("seed")
-    gal = d.pop("gal")
-    opts = {**GAL_DEFAULTS, **(gal if gal is not None else {"ratio": 0.0})}
-    for k, v in opts.items():
-        d[f"gal.{k}"] = tuple(v) if isinstance(v, list) else (str(v) if isinstance(v, torch.dtype) else v)
-    d["optimizer_kwargs"] = tuple(sorted(dict(d["optimizer_kwargs"]).items()))
-    d["milestones"] = tuple(d["milestones"])
-    return d
-
-
+# -- studies ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Study:
-    """One factor of GAL on one setup.
+    """Arms compared on the same seeds.
 
-    Attributes:
-        key: unique name, ``"<name>:<task>"``.
-        group: which study group it belongs to (:data:`GROUPS`).
-        title: what varies, in words (``"ratio r"``).
-        factor: the config fields that vary (``"gal.ratio"``; ``flatten_config`` names).
-        task: ``"classification"`` or ``"regression"``.
-        arms: ``{label: TrainConfig}`` in display order; they differ only in ``factor``.
-        control: the label every other arm is compared with.
-        setup: data, model factory and seeds.
-        metric: the finals' column compared (lower is better unless ``goal == "max"``).
-        reference: an optional extra arm shown for context (e.g. the standard method in the
-            space study) that is neither a setting of the factor nor a candidate for best.
-        meaning: phrases completing the sentence when the best setting is significantly
-            better than the control (``better``), when it is not (``none``; other settings
-            may still be significantly worse, which the sentence lists), when every setting
-            gives exactly the control's result (``identical``, default ``none``) and when the
-            closest alternative is significantly worse than the control (``worse``);
-            ``{best}``, ``{control}``, ``{compared}``, ``{pct}``, ``{ratio}``, ``{metric}`` are
-            filled in.
-        kind: ``"train"`` (training runs) or ``"cost"`` (a step's time and memory).
-    """
+    ``arms``: ``{label: TrainConfig}``; ``control``: the label most arms are compared with;
+    ``setup``: data, model and seeds; ``question``: what the study asks, in a line;
+    ``pairs``: the comparisons ``(treatment, control)`` (default: every arm vs ``control``)."""
 
-    key: str
-    group: str
-    title: str
-    factor: tuple[str, ...]
-    task: Task
+    name: str
+    question: str
     arms: Mapping[str, TrainConfig]
     control: str
     setup: Setup
-    metric: str
-    reference: tuple[str, TrainConfig] | None = None
-    meaning: Mapping[str, str] = field(default_factory=dict)
-    kind: Literal["train", "cost"] = "train"
+    pairs: tuple[tuple[str, str], ...] = ()
 
-    @property
-    def info(self) -> Metric:
-        """The compared metric's label, unit and goal."""
-        if self.metric in METRICS:
-            return METRICS[self.metric]
-        m = METRICS[self.task]
-        return m if m.column == self.metric else Metric(self.metric, self.metric, self.metric, "")
-
-    @property
-    def goal(self) -> str:
-        return self.info.goal
-
-    @property
-    def seeds(self) -> tuple[int, ...]:
-        return tuple(self.setup.seeds)
-
-    def all_arms(self) -> dict[str, TrainConfig]:
-        out = dict(self.arms)
-        if self.reference is not None:
-            out[self.reference[0]] = self.reference[1]
-        return out
+    def comparisons(self) -> list[tuple[str, str]]:
+        if self.pairs:
+            return list(self.pairs)
+        return [(a, self.control) for a in self.arms if a != self.control]
 
 
-def _tiny_setup(loaded: LoadedSetup) -> tuple[Setup, dict[str, Any]]:
-    """Study 6's model: an MLP small enough for ParamGAL (h reads all its parameters).
-
-    Classification: 64 -> 8 -> 10 (610 parameters); regression: d -> 16 -> k (193 for
-    diabetes). Same data, optimizer, lr, epochs and seeds as the setup. Both spaces use h with
-    hidden widths (64, 16) and the setup's GAL base otherwise, without ``compute_dtype``."""
-    s = loaded.setup
-    d_in = int(s.data.x_train[0].numel())
-    k = s.data.num_outputs
-    width = 8 if loaded.task == "classification" else 16
-    model_fn = _TinyMLP(d_in, k, width)
-    base = replace(s.base, model=f"tinymlp{d_in}-{width}-{k}")
-    # compute_dtype is left out: ParamGAL would cast the parameters to it while training feeds
-    # float32 inputs to functional_call (a dtype mismatch); both arms use the same options.
-    opts = {k: v for k, v in loaded.gal.items() if k != "compute_dtype"}
-    return Setup(data=s.data, model_fn=model_fn, base=base, seeds=s.seeds), canonical_gal({**opts, "hidden": (64, 16)})
+#: the factor study's reference arm: the standard method at lr x (1 - r)
+SHORT = "standard, lr x (1 - r)"
 
 
-@dataclass(frozen=True)
-class _TinyMLP:
-    """A picklable model factory: ``MLP(d_in, k, hidden=(width,))``."""
-
-    d_in: int
-    k: int
-    width: int
-
-    def __call__(self) -> nn.Module:
-        return MLP(self.d_in, self.k, hidden=(self.width,))
-
-    def num_parameters(self) -> int:
-        return self.d_in * self.width + self.width + self.width * self.k + self.k
+def label(r: float, h: str, normalize: str = "sample") -> str:
+    """An arm of the dose-response grid: ``"r=0.1 | own Adam"`` (``" | batch"`` appended for
+    ``normalize="batch"``)."""
+    return f"r={r:g} | {h}" + (" | batch" if normalize == "batch" else "")
 
 
-#: Optimizers of study 7: label -> galcore name. Their lr and keywords come from the shared
-#: setup module where it tuned that optimizer (:func:`shared_optimizers`), else from
-#: :func:`_optimizer_config`'s defaults.
-OPTIMIZER_ARMS: dict[str, str] = {
-    "SGD": "sgd",
-    "SGD+momentum": "momentum",
-    "Adam": "adam",
-    "RMSprop": "rmsprop",
-    "Lookahead(SGD)": "lookahead",
-}
+def split_label(name: str) -> dict[str, Any]:
+    """Inverse of :func:`label`: ``{"ratio", "h", "normalize"}`` (``standard``: ratio 0)."""
+    if name == "standard":
+        return {"ratio": 0.0, "h": "standard", "normalize": "sample"}
+    parts = [p.strip() for p in name.split("|")]
+    return {"ratio": float(parts[0].removeprefix("r=")), "h": parts[1], "normalize": parts[2] if len(parts) > 2 else "sample"}
 
 
-def _optimizer_config(base: TrainConfig, name: str, tuned: Mapping[str, tuple[float, Mapping[str, Any]]]) -> TrainConfig:
-    """The standard arm with optimizer ``name``: the setup's own config for its optimizer,
-    the shared module's tuned lr/kwargs where it has them, else: SGD at twice the base lr
-    (no momentum), Adam and RMSprop at 1e-3, Lookahead (k 5, alpha 0.8, the release's) over
-    the base SGD+momentum; the base's weight decay is kept for the SGD family."""
-    if name == base.optimizer:
-        return base
-    wd = {k: v for k, v in dict(base.optimizer_kwargs).items() if k == "weight_decay"}
-    if name in tuned:
-        lr, kw = tuned[name]
-        return replace(base, optimizer=name, lr=float(lr), optimizer_kwargs=dict(kw))
-    defaults: dict[str, tuple[float, dict[str, Any]]] = {
-        "sgd": (2 * base.lr, wd),
-        "momentum": (base.lr, wd),
-        "adam": (1e-3, {}),
-        "rmsprop": (1e-3, {}),
-        "lookahead": (base.lr, {"k": 5, "alpha": 0.8, **wd}),
+def studies(profile: Profile | None = None) -> dict[str, Study]:
+    """The notebook's studies (module docstring), sized for ``profile``."""
+    s = setup(profile)
+    base = s.base
+    grid = [(r, h) for r in RATIOS for h in H_MODES]
+    dose = {"standard": base, **{label(r, h): gal_arm(base, r, h) for r, h in grid}}
+    dose_pairs = [(a, "standard") for a in dose if a != "standard"]
+    dose_pairs += [(label(r, h), label(r, "frozen")) for r, h in grid if h != "frozen"]
+    batch = {"standard": base, **{label(r, h, n): gal_arm(base, r, h, normalize=n) for r, h in grid
+                                  for n in ("sample", "batch")}}
+    batch_pairs = [(label(r, h, "batch"), "standard") for r, h in grid]
+    batch_pairs += [(label(r, h, "batch"), label(r, h)) for r, h in grid]
+
+    sgd = replace(base, optimizer="sgd", optimizer_kwargs={})
+    accept: dict[str, TrainConfig] = {}
+    accept_pairs: list[tuple[str, str]] = []
+    for lr in (0.1, 0.3, 1.0):
+        std, dec, alw = (f"sgd lr={lr:g} | {x}" for x in ("standard", "r=0.1 | decrease", "r=0.1 | always"))
+        accept[std] = replace(sgd, lr=lr)
+        accept[dec] = gal_arm(sgd, 0.1, lr=lr)
+        accept[alw] = gal_arm(sgd, 0.1, lr=lr, accept="always")
+        accept_pairs += [(dec, std), (alw, dec)]
+    for r in (1.0, 3.0):
+        dec, alw = (f"momentum lr=0.05 | r={r:g} | {x}" for x in ("decrease", "always"))
+        accept[dec] = gal_arm(base, r)
+        accept[alw] = gal_arm(base, r, accept="always")
+        accept_pairs.append((alw, dec))
+
+    b = "base: r=0.1, own Adam"
+    factors = {
+        "standard": base,
+        b: gal_arm(base, 0.1),
+        **{f"scale={sc:g}": gal_arm(base, 0.1, scale=sc) for sc in (1e-3, 100.0, 1000.0)},
+        "first_order=mean": gal_arm(base, 0.1, first_order="mean"),
+        "accept=always": gal_arm(base, 0.1, accept="always"),
+        "h with ReLU": gal_arm(base, 0.1, activation="relu"),
+        "h one linear layer": gal_arm(base, 0.1, hidden=()),
+        "h frozen": gal_arm(base, 0.1, "frozen"),
+        "h in model's optimizer": gal_arm(base, 0.1, "model's optimizer"),
+        **{f"h Adam lr={lr:g}": gal_arm(base, 0.1, h_lr=lr) for lr in (1e-4, 1e-2)},
+        "normalize=batch": gal_arm(base, 0.1, normalize="batch"),
+        # a reference, not a setting of GAL: the standard method with every step shortened by
+        # r, what an h that learned a_i = -r g_i would do
+        SHORT: replace(base, lr=base.lr * (1 - 0.1)),
     }
-    lr, kw = defaults[name]
-    return replace(base, optimizer=name, lr=float(lr), optimizer_kwargs=kw)
+    others = [a for a in factors if a not in ("standard", b, SHORT)]
+    factor_pairs = [(b, "standard")] + [(a, b) for a in others] + [(a, "standard") for a in others]
+    factor_pairs += [(SHORT, "standard"), ("first_order=mean", SHORT)]
+
+    t = space_setup(profile)
+    small = {"hidden": (64, 16), "track_plain": True}  # ParamGAL's h reads all 610 parameters
+    space: dict[str, TrainConfig] = {"standard": t.base}
+    space_pairs: list[tuple[str, str]] = []
+    for r in (0.01, 0.1):
+        out, par = f"output space, r={r:g}", f"parameter space, r={r:g}"
+        space[out] = gal_arm(t.base, r, **small)
+        space[par] = gal_arm(t.base, r, space="parameter", **small)
+        space_pairs += [(out, "standard"), (par, "standard"), (par, out)]
+    for where in ("output", "parameter"):
+        frozen = f"{where} space, r=0.1, frozen h"
+        space[frozen] = gal_arm(t.base, 0.1, "frozen", space=where, **small)
+        space_pairs.append((f"{where} space, r=0.1", frozen))
+
+    def study(name: str, question: str, arms: dict[str, TrainConfig], control: str, on: Setup,
+              pairs: list[tuple[str, str]]) -> Study:
+        return Study(name, question, arms, control, on, tuple(pairs))
+
+    return {
+        "dose": study("dose", "What does the adjustment's size r do, for each way h learns?", dose, "standard", s,
+                      dose_pairs),
+        "batch": study("batch", "Does bounding the batch's summed adjustment (normalize='batch') remove the collapse "
+                       "at large r, and what does it cost at small r?", batch, "standard", s, batch_pairs),
+        "accept": study("accept", "Are tentative steps ever rejected, so that the acceptance rule acts?", accept,
+                        "sgd lr=0.1 | standard", s, accept_pairs),
+        "factors": study("factors", "Around an active base (r = 0.1, h trained by its own Adam), what does each "
+                         "setting change?", factors, b, s, factor_pairs),
+        "space": study("space", "Adjusting the outputs' gradient or the parameters' gradient?", space, "standard", t,
+                       space_pairs),
+    }
 
 
-def _fmt_r(v: float) -> str:
-    return "r=0 (standard)" if v == 0 else f"r={v:g}"
-
-
-def build_studies(loaded: Iterable[LoadedSetup]) -> list[Study]:
-    """Every study for every loaded setup, in :data:`GROUPS` order then setup order."""
-    by_group: dict[str, list[Study]] = {g: [] for g, _, _ in GROUPS}
-    for ls in loaded:
-        s, task, g0 = ls.setup, ls.task, dict(ls.gal)
-        base = s.base
-
-        def gal(**kw: Any) -> TrainConfig:
-            return replace(base, gal=canonical_gal({**g0, **kw}))
-
-        metric = METRICS[task].column
-        ratios = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 0.3)
-        by_group["ratio"].append(Study(
-            f"ratio:{task}", "ratio", "ratio r", ("gal.ratio",), task,
-            {_fmt_r(r): (base if r == 0 else gal(ratio=r)) for r in ratios}, _fmt_r(0.0), s, metric,
-            meaning={"better": "GAL with r = {best} beats the standard method here",
-                     "none": "no ratio tried makes GAL measurably better than the standard method",
-                     "worse": "every ratio tried is worse than the standard method"},
-        ))
-        scales = (0.1, 1.0, 10.0)
-        by_group["scale"].append(Study(
-            f"scale:{task}", "scale", "scale of the tentative step", ("gal.scale",), task,
-            {f"scale={v:g}": gal(scale=v) for v in scales}, "scale=1", s, metric, reference=("standard (ref.)", base),
-            meaning={"better": "the tentative step's size matters: {best} beats the release's scale 1",
-                     "none": "no scale tried is measurably better than the release's scale 1",
-                     "identical": "the tentative step's scale does not change the {metric} at all here",
-                     "worse": "the release's scale 1 beats the other scales tried"},
-        ))
-        h_arms = {
-            "linear stack (release)": gal(),
-            "same sizes + ReLU": gal(activation="relu"),
-            "single linear layer": gal(hidden=()),
-            "fixed random h": gal(frozen_h=True),
-        }
-        by_group["h"].append(Study(
-            f"h:{task}", "h", "architecture of h", ("gal.hidden", "gal.activation", "gal.frozen_h"), task,
-            h_arms, "fixed random h", s, metric, reference=("standard (ref.)", base),
-            meaning={"better": "training h helps beyond a fixed random direction",
-                     "none": "a trained h is not measurably better than a fixed random one, so any effect is not from learning h",
-                     "worse": "a fixed random h beats every trained h"},
-        ))
-        by_group["accept"].append(Study(
-            f"accept:{task}", "accept", "acceptance rule", ("gal.accept",), task,
-            {"decrease (release)": gal(accept="decrease"), "always": gal(accept="always")}, "decrease (release)", s, metric,
-            reference=("standard (ref.)", base),
-            meaning={"better": "always using the adjusted gradient beats the release's rule",
-                     "none": "the acceptance rule makes no measurable difference",
-                     "identical": "the acceptance rule does not change the {metric} at all here",
-                     "worse": "the release's rule beats always using the adjusted gradient"},
-        ))
-        by_group["first_order"].append(Study(
-            f"first_order:{task}", "first_order", "first-order term", ("gal.first_order",), task,
-            {"mean (release)": gal(first_order="mean"), "sum (exact)": gal(first_order="sum")}, "mean (release)", s, metric,
-            reference=("standard (ref.)", base),
-            meaning={"better": "the exact Taylor term beats the release's form",
-                     "none": "the form of the first-order term makes no measurable difference",
-                     "identical": "the form of the first-order term does not change the {metric} at all here",
-                     "worse": "the release's form beats the exact Taylor term"},
-        ))
-        tiny, tiny_gal = _tiny_setup(ls)
-        tb = tiny.base
-        by_group["space"].append(Study(
-            f"space:{task}", "space", "space of the adjustment", ("space",), task,
-            {"output": replace(tb, gal=tiny_gal), "parameter": replace(tb, gal=tiny_gal, space="parameter")}, "output", tiny, metric,
-            reference=("standard (ref.)", tb),
-            meaning={"better": "adjusting the parameters' gradient beats adjusting the outputs' here",
-                     "none": "where the adjustment is applied makes no measurable difference on this model",
-                     "worse": "the output-space adjustment (the release's classification code) beats parameter space"},
-        ))
-        for label, name in OPTIMIZER_ARMS.items():
-            ob = _optimizer_config(base, name, ls.optimizers)
-            by_group["optimizers"].append(Study(
-                f"optimizer-{name}:{task}", "optimizers", f"GAL under {label}", ("gal.ratio",), task,
-                {"standard": ob, "GAL": replace(ob, gal=canonical_gal(g0))}, "standard", s, metric,
-                meaning={"better": f"GAL improves training with {label}",
-                         "none": f"GAL makes no measurable difference with {label}",
-                         "worse": f"GAL hurts training with {label}"},
-            ))
-        cost_arms = {"standard": base, "GAL": replace(base, gal=canonical_gal(g0))}
-        for m, worse in (("step_ms", "a GAL step takes {ratio} times as long as a standard one"),
-                         ("step_peak_mb", "a GAL step allocates {pct} more tensor memory at its peak")):
-            by_group["cost"].append(Study(
-                f"cost-{m}:{task}", "cost", METRICS[m].noun, ("gal.ratio",), task, cost_arms, "standard", s, m,
-                meaning={"better": "GAL is not more expensive here (unexpected; check the measurement)",
-                         "none": "GAL's extra cost is below what this measurement resolves",
-                         "worse": worse},
-                kind="cost",
-            ))
-    return [st for g, _, _ in GROUPS for st in by_group[g]]
-
-
-def default_studies(profile: Profile | None = None, tasks: Sequence[Task] = TASKS) -> tuple[list[Study], list[LoadedSetup]]:
-    """Load the setups for ``tasks`` and build every study on them."""
-    loaded = [load_setup(t, profile) for t in tasks]
-    return build_studies(loaded), loaded
-
-
-# -- running --------------------------------------------------------------------------------
-def run_cached(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = True) -> RunResult:
-    """:func:`galcore.experiments.harness.run` (cached by config and code hash)."""
-    return run(cfg, data, model_fn, cache=cache)
-
-
-def run_study(study: Study, *, cache: bool = True) -> pd.DataFrame:
-    """Every arm (and the reference) for every seed; one row per (arm, seed) with the final
-    metrics, ``seconds`` and, for GAL arms, ``accept_rate_mean`` (over epochs)."""
-    if study.kind == "cost":
-        return measure_cost(study)
+def arm_table(study: Study) -> pd.DataFrame:
+    """One row per arm: the settings that matter (GAL's options, how h learns, the optimizer)."""
     rows = []
-    for seed in study.seeds:
-        for label, cfg in study.all_arms().items():
-            res = run_cached(replace(cfg, seed=seed), study.setup.data, study.setup.model_fn, cache=cache)
-            row = {"arm": label, "seed": seed, **res.final, "seconds": res.seconds}
-            if res.history and "accept_rate" in res.history[0]:
-                row["accept_rate_mean"] = float(np.mean([h["accept_rate"] for h in res.history]))
-            rows.append(row)
-    return pd.DataFrame(rows)
+    for label, cfg in study.arms.items():
+        g = dict(cfg.gal or {})
+        learns = "-" if cfg.gal is None else ("frozen" if cfg.frozen_h else (
+            "model's optimizer" if cfg.h_optimizer is None and cfg.h_lr is None else f"{cfg.h_optimizer} lr {cfg.h_lr:g}"))
+        rows.append({
+            "arm": label, "control": "yes" if label == study.control else "",
+            "optimizer": f"{cfg.optimizer} lr {cfg.lr:g}", "space": cfg.space if cfg.gal is not None else "-",
+            "ratio r": g.get("ratio", 0.0), "h learns": learns, "normalize": g.get("normalize", "sample") if g else "-",
+            "scale": g.get("scale", 1.0) if g else "-", "first_order": g.get("first_order", "sum") if g else "-",
+            "accept": g.get("accept", "decrease") if g else "-",
+            "h widths": "-" if not g else str(g.get("hidden", "release")) + (f" {g['activation']}" if "activation" in g else ""),
+        })
+    df = pd.DataFrame(rows)
+    varying = [c for c in df.columns if c in ("arm", "control") or df[c].astype(str).nunique() > 1]
+    return df[varying]
 
 
-# Parallel pre-computation: worker processes fill the run cache; the notebook then reads it.
-_WORKER: dict[str, Any] = {}
+def run_study(study: Study, *, cache: bool = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or read from the cache) every arm of ``study`` on its seeds: output-space arms
+    traced (:func:`galcore.experiments.mechanism.trace_arms`), parameter-space arms through
+    :func:`galcore.experiments.harness.run_arms`. Returns ``(finals, histories)``."""
+    s = study.setup
+    traced = {k: v for k, v in study.arms.items() if v.space == "output"}
+    plain = {k: v for k, v in study.arms.items() if v.space != "output"}
+    parts = [mechanism.trace_arms(traced, s.seeds, s.data, s.model_fn, cache=cache, progress=progress)]
+    if plain:
+        parts.append(harness.run_arms(plain, s.seeds, s.data, s.model_fn, cache=cache, progress=progress))
+    if plain:
+        _add_step_counts(parts[-1][0], parts[-1][1], -(-len(s.data.x_train) // s.base.batch_size))
+    finals = pd.concat([p[0] for p in parts], ignore_index=True)
+    hists = pd.concat([p[1] for p in parts], ignore_index=True)
+    if "diverged" not in finals or finals["diverged"].isna().any():
+        div = finals.apply(lambda row: float(mechanism.diverged(row, s.data.num_outputs)), axis=1)
+        finals["diverged"] = finals.get("diverged", div).fillna(div)
+    return finals, hists
 
 
-def _worker_init(profile: str, tasks: tuple[str, ...]) -> None:
-    torch.set_num_threads(1)
-    studies, _ = default_studies(profile, tasks)  # type: ignore[arg-type]
-    _WORKER["studies"] = {s.key: s for s in studies}
-
-
-def _worker_run(study_key: str, arm: str, seed: int, key: str) -> bool:
-    """Run one job if the worker's own copy of the study has that exact config (``key``);
-    otherwise leave it to the caller's process (returns False)."""
-    st = _WORKER["studies"].get(study_key)
-    if st is None or arm not in st.all_arms():
-        return False
-    cfg = replace(st.all_arms()[arm], seed=seed)
-    if cfg.key() != key:
-        return False
-    run_cached(cfg, st.setup.data, st.setup.model_fn)
-    return True
-
-
-def pending_jobs(studies: Sequence[Study]) -> list[tuple[str, str, int]]:
-    """``(study key, arm, seed)`` of every training run not yet in the cache, one per config."""
-    seen: set[Path] = set()
-    jobs = []
-    for st in studies:
-        if st.kind != "train":
+def _add_step_counts(finals: pd.DataFrame, hists: pd.DataFrame, steps_per_epoch: int) -> None:
+    """For runs of :func:`harness.run_arms` (no trace): ``rejected_rate``, ``fallback_rate``
+    and ``remainder_ratio`` from their per-epoch history, as :func:`mechanism.trace` records
+    them (in place)."""
+    if "accept_rate" not in hists:
+        return
+    for i, row in finals.iterrows():
+        h = hists[(hists["arm"] == row["arm"]) & (hists["seed"] == row["seed"])]
+        if h["accept_rate"].isna().all():
             continue
-        for seed in st.seeds:
-            for label, cfg in st.all_arms().items():
-                path = cache_path(replace(cfg, seed=seed))
-                if path in seen or path.is_file():
-                    continue
-                seen.add(path)
-                jobs.append((st.key, label, seed))
-    return jobs
+        steps = steps_per_epoch * len(h)
+        faults = float(h["fallbacks"].sum()) / steps
+        finals.loc[i, "fallback_rate"] = faults
+        finals.loc[i, "rejected_rate"] = 1.0 - float(h["accept_rate"].mean()) - faults
+        if "remainder_plain_abs" in h:
+            finals.loc[i, "remainder_ratio"] = float(h["remainder_abs"].mean() / h["remainder_plain_abs"].mean())
 
 
-def prefetch(studies: Sequence[Study], workers: int, profile: Profile | None = None, progress: bool = False) -> int:
-    """Run the uncached training runs of ``studies`` in ``workers`` processes (one thread each;
-    ``spawn``, so safe next to a notebook's torch). A worker rebuilds the default studies of
-    ``profile`` (a model factory need not pickle) and runs only jobs whose config it finds
-    there unchanged; anything else is left for :func:`run_study`. Returns how many runs the
-    workers made."""
-    jobs = pending_jobs(studies)
-    if workers <= 1 or len(jobs) < 2:
-        return 0
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    tasks = tuple(dict.fromkeys(s.task for s in studies))
-    p = profile or get_profile()
-    # GAL runs first: they are the longest
-    jobs.sort(key=lambda j: 0 if _find(studies, j[0]).all_arms()[j[1]].gal is not None else 1)
-    done = 0
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(p, tasks)) as pool:
-        futures = []
-        for key, arm, seed in jobs:
-            cfg = replace(_find(studies, key).all_arms()[arm], seed=seed)
-            futures.append(pool.submit(_worker_run, key, arm, seed, cfg.key()))
-        for f in cf.as_completed(futures):
-            done += int(f.result())
-            if progress and done and done % 25 == 0:
-                print(f"  {done}/{len(jobs)} runs", file=sys.stderr, flush=True)
-    return done
-
-
-def _find(studies: Sequence[Study], key: str) -> Study:
-    return next(s for s in studies if s.key == key)
-
-
-def run_all(
-    studies: Sequence[Study], *, workers: int | None = None, profile: Profile | None = None, progress: bool = False
-) -> dict[str, pd.DataFrame]:
-    """Finals of every study (``{study key: finals}``). Uncached training runs are first
-    computed by ``workers`` processes (default: 1 in smoke, else up to 2); the cost studies
-    run afterwards, alone, so that their timings are not disturbed by training.
-
-    Everything runs with one torch thread (the models are tiny: more threads only spin), in
-    the workers and here alike, so a run gives the same numbers wherever it ran; the
-    caller's thread count is restored on return."""
-    if workers is None:
-        workers = choose(1, min(2, os.cpu_count() or 1), profile=profile)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        prefetch(studies, workers, profile, progress)
-        out: dict[str, pd.DataFrame] = {}
-        cost_cache: dict[str, pd.DataFrame] = {}
-        for st in studies:
-            if st.kind == "cost":
-                if st.task not in cost_cache:
-                    cost_cache[st.task] = measure_cost(st, profile=profile)
-                out[st.key] = cost_cache[st.task]
-            else:
-                out[st.key] = run_study(st)
-    finally:
-        torch.set_num_threads(threads)
+def verdicts(study: Study, finals: pd.DataFrame, *, margin_loss: float | None = None) -> pd.DataFrame:
+    """Each comparison of ``study`` (:meth:`Study.comparisons`) on test NLL (margin
+    :func:`loss_margin` of the study's control unless given) and test error (margin
+    :data:`MARGIN_ERROR`): :func:`galcore.experiments.harness.compare`'s rows, with ``study``
+    and ``setting`` (``"treatment vs control"``) columns first."""
+    margin_loss = margin_loss if margin_loss is not None else loss_margin(finals, study.control)
+    rows = []
+    for metric, margin in (("test_loss", margin_loss), ("test_error", MARGIN_ERROR)):
+        for arm, control in study.comparisons():
+            sub = finals[finals["arm"].isin([arm, control])]
+            rows.append(harness.compare(sub, metric, control=control, margin=margin, lower_is_better=True))
+    out = pd.concat(rows, ignore_index=True)
+    out.insert(0, "study", study.name)
+    out.insert(1, "setting", out["arm"] + " vs " + out["control"])
     return out
 
 
-# -- cost -----------------------------------------------------------------------------------
-def _cost_runner(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torch.device) -> StepRunner:
-    """One arm of the cost study: the setup's model, loss and optimizer; a GAL arm builds GAL
-    exactly as training does."""
-    if cfg.space == "parameter":
-        raise ValueError("the cost study times output-space GAL only")
-    gal = build_gal(cfg, model, num_outputs, device)
-    params = [*model.parameters(), *(p for p in (gal.parameters() if gal is not None else ()) if p.requires_grad)]
-    opt = make_optimizer(cfg.optimizer, params, cfg.lr, **dict(cfg.optimizer_kwargs))
-    return StepRunner(model, gal, loss_function(cfg.loss), opt)  # type: ignore[arg-type]
+def _count(values: pd.Series) -> str:
+    return f"{int(values.sum())}/{len(values)}"
 
 
-@contextlib.contextmanager
-def _quiet_stderr_fd() -> Any:
-    """Send file descriptor 2 to /dev/null for the duration (torch's profiler backend logs
-    every start and stop there, which a notebook kernel would show)."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def measure_cost(
-    study: Study,
-    *,
-    steps: int | None = None,
-    warmup: int | None = None,
-    block: int | None = None,
-    profile: Profile | None = None,
-) -> pd.DataFrame:
-    """Time per step and peak memory of one step, standard vs GAL, once per seed.
-
-    For each seed both arms start from the same weights and cycle through the same 4 batches
-    of the setup's training data; after ``warmup`` steps each, ``steps`` steps per arm are
-    timed one by one in blocks of ``block``, in ABBA order (which arm goes first alternates),
-    and the median is kept. Peak memory: tensor bytes allocated during one step above what was
-    live at its start (the benchmark's ``step_peak_bytes``: a profiler trace on CPU,
-    ``max_memory_allocated`` on CUDA). Returns one row per (arm, seed): ``step_ms``,
-    ``step_peak_mb``, ``persistent_mb`` (parameters, gradients, optimizer state, h), ``timer``
-    (whose code timed it) and ``threads`` (torch's CPU threads).
-    """
-    p = profile or get_profile()
-    steps = steps if steps is not None else choose(6, 60, 200, profile=p)
-    warmup = warmup if warmup is not None else choose(2, 10, 20, profile=p)
-    block = block if block is not None else choose(2, 10, 10, profile=p)
-    timer = "galcore.experiments.bench"
-    cfgs = dict(study.arms)
-    setup = study.setup
-    device = torch.device(setup.base.device if setup.base.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows = []
-    for seed in study.seeds:
-        torch.manual_seed(seed)
-        base_model = setup.model_fn().to(device)
-        gen = torch.Generator().manual_seed(seed)
-        bs = setup.base.batch_size
-        order = torch.randperm(len(setup.data.x_train), generator=gen)
-        batches = [
-            (setup.data.x_train[order[i * bs : (i + 1) * bs]].to(device), setup.data.y_train[order[i * bs : (i + 1) * bs]].to(device))
-            for i in range(4)
-        ]
-        runners = {a: _cost_runner(replace(c, seed=seed), copy.deepcopy(base_model), setup.data.num_outputs, device) for a, c in cfgs.items()}
-        for r in runners.values():
-            r.model.train()
-        names = list(runners)
-        for _ in range(warmup):
-            for a in names:
-                time_steps(runners[a], batches, 1, 0, device)
-        times: dict[str, list[float]] = {a: [] for a in names}
-        done, rnd = 0, 0
-        while done < steps:
-            n = min(block, steps - done)
-            for a in names if rnd % 2 == 0 else names[::-1]:
-                times[a].extend(time_steps(runners[a], batches, n, done, device))
-            done += n
-            rnd += 1
-        for a in names:
-            with _quiet_stderr_fd():
-                peak = step_peak_bytes(runners[a], *batches[0], device)
-            rows.append({
-                "arm": a,
-                "seed": seed,
-                "step_ms": 1e3 * statistics.median(times[a]),
-                "step_peak_mb": math.nan if peak is None else peak / 2**20,
-                "persistent_mb": runners[a].persistent_bytes() / 2**20,
-                "timer": timer,
-                "threads": torch.get_num_threads(),
-            })
-    return pd.DataFrame(rows)
-
-
-# -- summary --------------------------------------------------------------------------------
-def _values(finals: pd.DataFrame, arm: str, metric: str) -> pd.Series:
-    return finals[finals["arm"] == arm].set_index("seed")[metric].sort_index()
-
-
-def _paired(finals: pd.DataFrame, control: str, arm: str, metric: str) -> PairedResult:
-    a, b = _values(finals, control, metric), _values(finals, arm, metric)
-    common = a.index.intersection(b.index)
-    return paired_ci(a.loc[common].to_numpy(), b.loc[common].to_numpy())
-
-
-def _g(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:.3g}"
-
-
-def _sg(v: float) -> str:
-    if isinstance(v, float) and math.isnan(v):
-        return "n/a"
-    return f"{v:+.3g}"
-
-
-def summarize_finals(
-    finals: pd.DataFrame,
-    *,
-    arms: Sequence[str],
-    control: str,
-    metric: str,
-    goal: str = "min",
-    title: str = "",
-    task: str = "",
-    metric_label: str | None = None,
-    unit: str = "",
-    meaning: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The best of ``arms`` by mean ``metric`` and its paired difference from ``control``.
-
-    When the control itself is best, the difference reported is that of the closest
-    alternative (``compared``), so the row still says how far the nearest other setting is.
-    ``significantly_worse`` lists the other settings whose CI lies entirely on the worse side
-    of the control, with their mean differences.
-    ``p_adjusted`` is the p-value times the number of alternatives (Bonferroni: the best was
-    picked after looking). Returns a dict with the columns of :func:`summary_table`."""
-    if control not in arms:
-        raise ValueError(f"control {control!r} is not one of the arms {list(arms)}")
-    if len(arms) < 2:
-        raise ValueError("a study needs at least two arms")
-    sign = 1.0 if goal == "min" else -1.0
-    means = {a: float(_values(finals, a, metric).mean()) for a in arms}
-    # ties go to the control (a setting must beat it to be "best"), then to the listed order
-    order = sorted(arms, key=lambda a: (sign * means[a], a != control, list(arms).index(a)))
-    best = order[0]
-    compared = best if best != control else order[1]
-    res = _paired(finals, control, compared, metric)
-    k = len(arms) - 1
-    p_adj = min(1.0, res.p_value * k) if not math.isnan(res.p_value) else math.nan
-    others = [a for a in arms if a != control]
-    identical = all(same_values(finals, a, control, metric) for a in others)
-    worse_arms = []  # settings other than the one compared that are significantly worse than the control
-    for a in others:
-        if a == compared:
-            continue
-        r = _paired(finals, control, a, metric)
-        if r.significant and sign * r.mean_diff > 0:
-            worse_arms.append(f"{a} ({_sg(r.mean_diff)}{' ' + unit if unit else ''})")
-    improved = res.significant and sign * res.mean_diff < 0
-    worse = res.significant and sign * res.mean_diff > 0
-    outcome = "identical" if identical else "better" if improved else "worse" if worse else "none"
-    row = {
-        "study": title,
-        "task": task,
-        "factor": title,
-        "best": best,
-        "control": control,
-        "compared": compared,
-        "metric": metric,
-        "mean_best": means[best],
-        "mean_control": res.mean_control,
-        "mean_treatment": res.mean_treatment,
-        "mean_diff": res.mean_diff,
-        "low": res.low,
-        "high": res.high,
-        "p_value": res.p_value,
-        "p_adjusted": p_adj,
-        "n": res.n,
-        "significant": res.significant,
-        "outcome": outcome,
-        "compared_identical": same_values(finals, compared, control, metric),
-        "significantly_worse": ", ".join(worse_arms),
+def setup_table(s: Setup) -> pd.DataFrame:
+    """The setup in one row per item (values read from ``s``)."""
+    model = s.model_fn()
+    b = s.base
+    items = {
+        "data": f"{s.data.name}: {len(s.data.x_train)} train / {len(s.data.x_test)} test, {s.data.num_outputs} classes",
+        "model": f"{b.model} ({sum(p.numel() for p in model.parameters())} parameters)",
+        "optimizer": f"{b.optimizer} lr {b.lr:g} {dict(b.optimizer_kwargs)}, batch {b.batch_size}, {b.epochs} epochs",
+        "seeds": f"{len(s.seeds)} ({', '.join(map(str, s.seeds))})",
+        "h": "the release's linear stack " + "-".join(map(str, (10, *release_hidden(10), 10))) + ", seed 10000 + seed",
+        "margins": f"test error {MARGIN_ERROR} points; test NLL {MARGIN_LOSS_FRACTION:.0%} of the standard method's",
     }
-    row["sentence"] = describe(row, k=k, metric_label=metric_label or metric, unit=unit, goal=goal, meaning=meaning or {})
-    return row
+    return pd.DataFrame({"": list(items), "value": list(items.values())}).set_index("")
 
 
-def same_values(finals: pd.DataFrame, a: str, b: str, metric: str) -> bool:
-    """Equal on every seed (to 1e-9 relative: a difference of rounding, not of training)."""
-    x, y = _values(finals, a, metric), _values(finals, b, metric)
-    common = x.index.intersection(y.index)
-    return bool(np.allclose(x.loc[common].to_numpy(float), y.loc[common].to_numpy(float), rtol=1e-9, atol=1e-12))
+def _with_labels(finals: pd.DataFrame) -> pd.DataFrame:
+    parts = pd.DataFrame([split_label(a) for a in finals["arm"]], index=finals.index)
+    return pd.concat([finals, parts], axis=1)
 
 
-def describe(row: Mapping[str, Any], *, k: int, metric_label: str, unit: str, goal: str, meaning: Mapping[str, str]) -> str:
-    """One plain sentence from a summary row: what was best, by how much, how sure, what it means.
-
-    Significance is the 95% CI excluding zero (as everywhere in galcore). When a picked best
-    is significant only before correcting for having picked it from ``k`` alternatives, the
-    sentence says so."""
-    best, control, compared = row["best"], row["control"], row["compared"]
-    diff, low, high, n, p = row["mean_diff"], row["low"], row["high"], row["n"], row["p_value"]
-    u = f" {unit}" if unit else ""
-    pct = 100 * abs(diff) / abs(row["mean_control"]) if row["mean_control"] else math.nan
-    ratio = row["mean_treatment"] / row["mean_control"] if row["mean_control"] else math.nan
-    fill = {"best": best, "control": control, "compared": compared, "pct": f"{pct:.2g}%", "ratio": f"{ratio:.2g}", "metric": metric_label}
-    key = str(row["outcome"])
-    means = meaning.get(key, meaning.get("none", "") if key == "identical" else "").format(**fill)
-    what = f"{row['factor']}" + (f" ({row['task']})" if row.get("task") else "")
-    ci = f"95% CI {_sg(low)} to {_sg(high)}{u}, p = {_g(p)}, n = {n} seeds"
-    lower = "lower" if diff < 0 else "higher"
-    if row["outcome"] == "identical":
-        s = f"{what}: every setting gave exactly the same {metric_label} as {control} on all {n} seeds"
-    elif row["outcome"] == "better":
-        s = f"{what}: {best} was best, with {_g(abs(diff))}{u} {lower} {metric_label} than {control} ({ci})"
-        if k > 1 and not math.isnan(row["p_adjusted"]) and row["p_adjusted"] >= 0.05:
-            s += f"; as the best of {k} settings it does not survive a Bonferroni correction (p = {_g(row['p_adjusted'])})"
-    elif row["outcome"] == "worse":
-        s = (
-            f"{what}: the control {control} was best; the closest alternative, {compared}, had "
-            f"{_g(abs(diff))}{u} {lower} {metric_label} ({ci}), a significant difference"
-        )
-    elif best != control:
-        s = (
-            f"{what}: {best} had the best mean {metric_label} ({_g(row['mean_best'])} vs {_g(row['mean_control'])} for "
-            f"{control}), but the difference is not significant ({_sg(diff)}{u}, {ci})"
-        )
-    elif row.get("compared_identical"):
-        s = f"{what}: no setting beat the control {control}; the closest, {compared}, gave exactly the same {metric_label} on all {n} seeds"
-    else:
-        s = (
-            f"{what}: no setting beat the control {control}; the closest, {compared}, differed by "
-            f"{_sg(diff)}{u} ({ci}), not significant"
-        )
-    if means:
-        s += f": {means}"
-    if row.get("significantly_worse"):
-        also = "Also significantly worse" if row["outcome"] == "worse" else f"Significantly worse than {control}"
-        s += f". {also}: {row['significantly_worse']}"
-    return s[0].upper() + s[1:] + "."
+def results_view(finals: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm: test NLL (median over seeds: a diverged seed makes the mean
+    meaningless) and test error (mean), acceptance (mean), the highest fractions of rejected
+    steps and of fault fallbacks over seeds, |R_gal|/|R_plain|, h's
+    drift beside the drift weight decay alone would give, the RMS of h's gradient, and the
+    diverged seeds (k/n). Columns a study did not record are left out."""
+    g = finals.groupby("arm", sort=False)
+    cols = {
+        "test NLL (median)": ("test_loss", "median"), "test error %": ("test_error", "mean"),
+        "accepted": ("accept_rate_mean", "mean"), "rejected (highest)": ("rejected_rate", "max"),
+        "faults (highest)": ("fallback_rate", "max"),
+        "|R_gal|/|R_plain|": ("remainder_ratio", "mean"), "h drift": ("h_drift", "mean"),
+        "decay-only drift": ("decay_drift", "mean"), "h grad RMS": ("h_grad_rms_mean", "mean"),
+    }
+    out = pd.DataFrame({name: g[col].agg(how) for name, (col, how) in cols.items() if col in finals.columns})
+    out["diverged"] = g["diverged"].agg(_count)
+    return out
 
 
-def summarize(study: Study, finals: pd.DataFrame) -> dict[str, Any]:
-    """:func:`summarize_finals` for a study (its arms, control, metric and phrases)."""
-    row = summarize_finals(
-        finals, arms=list(study.arms), control=study.control, metric=study.metric, goal=study.goal,
-        title=study.title, task=study.task, metric_label=study.info.noun, unit=study.info.unit, meaning=study.meaning,
-    )
-    row["study"] = study.key
-    row["group"] = study.group
-    row["setting"] = f"{study.key}: {row['compared']} vs {study.control}"
-    return row
+def mechanism_view(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per arm (means over seeds): the perturbation ratio at the first step and over training
+    (also divided by r), h's pairwise cosine, the coherence of the adjustment's and the
+    gradient's parameter-space parts over an epoch, their net ratio, the output gain and the
+    RMS of h's gradient."""
+    f = _with_labels(finals[finals["arm"] != "standard"])
+    g = f.groupby("arm", sort=False)
+    r = g["ratio"].first()
+    return pd.DataFrame({
+        "r": r,
+        "pert ratio, step 1": g["pert_ratio_init"].mean(),
+        "  / r": g["pert_ratio_init"].mean() / r,
+        "pert ratio, training": g["pert_ratio_mean"].mean(),
+        "h cosine, step 1": g["h_cosine_init"].mean(),
+        "h cosine, training": g["h_cosine_mean"].mean(),
+        "coherence adj": g["coherence_adj_mean"].mean(),
+        "coherence grad": g["coherence_grad_mean"].mean(),
+        "net ratio": g["net_ratio_mean"].mean(),
+        "net ratio / r": g["net_ratio_mean"].mean() / r,
+        "output gain (median)": g["output_gain_mean"].median(),
+        "h grad RMS": g["h_grad_rms_mean"].mean(),
+    })
 
 
-#: Column order of the summary CSV (the first nine are the shared summary columns).
-SUMMARY_COLUMNS = [
-    "study", "factor", "best", "mean_diff", "low", "high", "p_value", "n", "sentence",
-    "group", "task", "control", "compared", "metric", "mean_best", "mean_control", "mean_treatment",
-    "p_adjusted", "significant", "outcome", "compared_identical", "significantly_worse", "setting",
-]
+VERDICT_COLUMNS = ["setting", "metric", "n", "mean_control", "mean_diff", "low", "high", "mde", "margin", "verdict",
+                   "seeds_needed"]
 
 
-def summary_table(studies: Sequence[Study], finals: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per study (see :data:`SUMMARY_COLUMNS`)."""
-    rows = [summarize(st, finals[st.key]) for st in studies]
-    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
+def verdict_view(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The verdict rows with the columns a reader needs, test NLL rows first."""
+    v = verdicts[VERDICT_COLUMNS].copy()
+    return v.sort_values("metric", kind="stable", key=lambda m: m != "test_loss").reset_index(drop=True)
 
 
-def _t_interval(x: np.ndarray) -> tuple[float, float]:
-    if len(x) < 2:
-        return math.nan, math.nan
-    sem = float(_sstats.sem(x))
-    if sem == 0:
-        return float(x.mean()), float(x.mean())
-    lo, hi = _sstats.t.interval(0.95, len(x) - 1, loc=float(x.mean()), scale=sem)
-    return float(lo), float(hi)
-
-
-def arm_table(study: Study, finals: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: mean of the metric with its 95% t interval over seeds, and the paired
-    difference from the control with its 95% CI and p-value (the control's row has 0); also
-    the mean test loss (a continuous check when the metric is a count, like test error), the
-    acceptance rate of GAL arms and, in the cost study, the persistent memory."""
-    rows = []
-    for label in study.all_arms():
-        v = _values(finals, label, study.metric).to_numpy(dtype=float)
-        lo, hi = _t_interval(v)
-        role = "control" if label == study.control else "reference" if study.reference and label == study.reference[0] else "setting"
-        row: dict[str, Any] = {"arm": label, "role": role, "n": len(v), "mean": float(v.mean()), "mean_low": lo, "mean_high": hi}
-        if label == study.control:
-            row.update(diff=0.0, diff_low=0.0, diff_high=0.0, p_value=math.nan)
-        else:
-            r = _paired(finals, study.control, label, study.metric)
-            row.update(diff=r.mean_diff, diff_low=r.low, diff_high=r.high, p_value=r.p_value)
-        sub = finals[finals["arm"] == label]
-        for extra in ("test_loss", "accept_rate_mean", "persistent_mb"):
-            if extra in sub and sub[extra].notna().any():
-                row[extra] = float(sub[extra].mean())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# -- plots ----------------------------------------------------------------------------------
-def plot_group(group: str, studies: Sequence[Study], finals: Mapping[str, pd.DataFrame]) -> Any:
-    """One column per (setup, metric) of the group's studies. Top: each arm's metric per seed
-    (grey lines join a seed's runs) and its mean with the 95% interval. Bottom: the paired
-    difference from the study's control with its 95% CI (green: significantly better, red:
-    significantly worse, grey: not significant)."""
+def show_dose(finals: pd.DataFrame, folder: str = OUT) -> Any:
+    """Median test NLL and mean test error against r, one line per way h learns (normalize
+    "batch" dashed when present), the standard method as a grey line. Saved and shown."""
     import matplotlib.pyplot as plt
 
-    sts = [s for s in studies if s.group == group]
-    if not sts:
-        raise ValueError(f"no studies in group {group!r}")
-    columns = list(dict.fromkeys((s.task, s.metric) for s in sts))
-    fig, axes = plt.subplots(2, len(columns), figsize=(max(5.0, 4.2 * len(columns)) + 0.8, 7.0), squeeze=False)
-    for col, (task, metric) in enumerate(columns):
-        group_sts = [s for s in sts if s.task == task and s.metric == metric]
-        top, bottom = axes[0, col], axes[1, col]
-        x = 0
-        ticks, labels = [], []
-        dticks, dlabels = [], []
-        multi = len(group_sts) > 1
-        for s in group_sts:
-            f = finals[s.key]
-            xs = {}
-            for label in s.all_arms():
-                xs[label] = x
-                v = _values(f, label, s.metric).to_numpy(dtype=float)
-                lo, hi = _t_interval(v)
-                color = "tab:blue" if label == s.control else "tab:gray" if s.reference and label == s.reference[0] else "tab:orange"
-                err = None if math.isnan(lo) else [[v.mean() - lo], [hi - v.mean()]]
-                top.errorbar([x], [v.mean()], yerr=err, fmt="o", color=color, capsize=4, zorder=3)
-                short = s.title.replace("GAL under ", "") if multi else ""
-                ticks.append(x)
-                labels.append(f"{short}: {label}" if multi else label)
-                if label != s.control:
-                    r = _paired(f, s.control, label, s.metric)
-                    good = r.significant and (r.mean_diff < 0) == (s.goal == "min")
-                    c = "tab:green" if good else "tab:red" if r.significant else "tab:gray"
-                    derr = None if math.isnan(r.low) else [[r.mean_diff - r.low], [r.high - r.mean_diff]]
-                    bottom.errorbar([x], [r.mean_diff], yerr=derr, fmt="s", color=c, capsize=4)
-                    dticks.append(x)
-                    dlabels.append((short if len(s.arms) == 2 else f"{short}: {label}") if multi else label)
-                x += 1
-            wide = f.pivot_table(index="seed", columns="arm", values=s.metric)
-            cols = [a for a in s.all_arms() if a in wide.columns]
-            for _, seed_row in wide[cols].iterrows():
-                top.plot([xs[a] for a in cols], seed_row.to_numpy(), color="0.75", lw=0.7, zorder=1)
-            x += 0.5 if multi else 0
-        rot = 40 if len(ticks) > 4 or sum(len(t) for t in labels) > 60 else 0
-        top.set_xticks(ticks, labels, rotation=rot, ha="right" if rot else "center", rotation_mode="anchor", fontsize=8)
-        top.set_ylabel(group_sts[0].info.label)
-        ctrl = group_sts[0].control if not multi else "each study's control"
-        top.set_title(f"{task}: mean and 95% CI (blue: {ctrl})", fontsize=9)
-        bottom.axhline(0.0, color="k", lw=0.8)
-        rot = 40 if len(dticks) > 4 or sum(len(t) for t in dlabels) > 45 else 0
-        bottom.set_xticks(dticks, dlabels, rotation=rot, ha="right" if rot else "center", rotation_mode="anchor", fontsize=8)
-        bottom.set_ylabel(f"difference vs control ({group_sts[0].info.unit})")
-        bottom.set_title(f"{task}: paired difference vs {ctrl}, 95% CI", fontsize=9)
-    title = next((t for g, t, _ in GROUPS if g == group), group)
-    fig.suptitle(f"{title} ({len(sts[0].seeds)} seeds, paired)")
+    from galcore.experiments.plots import show
+
+    f = _with_labels(finals)
+    std = f[f["arm"] == "standard"]
+    gal = f[f["arm"] != "standard"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, col, agg, name in ((axes[0], "test_loss", "median", "test NLL (median over seeds)"),
+                               (axes[1], "test_error", "mean", "test error % (mean over seeds)")):
+        for i, h in enumerate(H_MODES):
+            for norm, style in (("sample", "-o"), ("batch", "--s")):
+                sub = gal[(gal["h"] == h) & (gal["normalize"] == norm)]
+                if sub.empty:
+                    continue
+                y = sub.groupby("ratio")[col].agg(agg)
+                ax.plot(y.index, y.values, style, color=f"C{i}", ms=4, label=f"{h}" + (" (batch)" if norm == "batch" else ""))
+        ax.axhline(float(std[col].agg(agg)), color="0.5", lw=1, label="standard (r = 0)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("ratio r")
+        ax.set_ylabel(name)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
-    return fig
+    return show(fig, "dose_response" if "batch" not in set(gal["normalize"]) else "dose_response_batch", folder)
 
 
-# -- notebook helpers -------------------------------------------------------------------------
-def _verdict(row: Mapping[str, Any]) -> str:
-    if row["outcome"] == "none" and row.get("compared_identical"):
-        return f"{row['compared']} identical to the control"
-    return {
-        "identical": "identical on every seed",
-        "better": f"{row['best']} better",
-        "worse": f"{row['control']} (control) better",
-        "none": "no significant difference",
-    }[str(row["outcome"])]
+def show_mechanism(finals: pd.DataFrame, hists: pd.DataFrame, folder: str = OUT, normalize: str = "sample") -> Any:
+    """Left: the adjustment's share of the parameter step at the first step and of each
+    epoch's net move, against r, beside the per-sample bound r. Middle: h's mean pairwise
+    cosine per epoch. Right: coherence of the adjustment's and of the gradient's parameter
+    steps per epoch (frozen h, normalised as ``normalize``)."""
+    import matplotlib.pyplot as plt
+
+    from galcore.experiments.plots import show
+
+    f = _with_labels(finals[finals["arm"] != "standard"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    for i, (col, marker, name) in enumerate((("pert_ratio_init", "o", "||J^T A|| / ||J^T G||, first step"),
+                                             ("pert_ratio_mean", "^", "same, mean over training"),
+                                             ("net_ratio_mean", "s", "net over an epoch, mean"))):
+        for norm, ls in (("sample", "-"), ("batch", "--")):
+            sub = f[(f["h"] == "frozen") & (f["normalize"] == norm)]
+            if not sub.empty:
+                y = sub.groupby("ratio")[col].mean()
+                ax.plot(y.index, y.values, marker=marker, linestyle=ls, color=f"C{i}", ms=4,
+                        label=name + (" (batch)" if norm == "batch" else ""))
+    rs = np.array(sorted(f["ratio"].unique()))
+    ax.plot(rs, rs, ":", color="k", label="r (the per-sample bound)")
+    ax.set(xscale="log", yscale="log", xlabel="ratio r", ylabel="adjustment / gradient, parameter space")
+    ax.legend(fontsize=6)
+    h = _with_labels(hists[hists["arm"] != "standard"])
+    h = h[(h["h"] == "frozen") & (h["normalize"] == normalize)]
+    for i, (r, sub) in enumerate(h.groupby("ratio")):
+        m = sub.groupby("epoch")[["h_cosine", "coherence_adj", "coherence_grad"]].mean()
+        axes[1].plot(m.index, m["h_cosine"], "-o", color=f"C{i}", ms=3, label=f"r = {r:g}")
+        axes[2].plot(m.index, m["coherence_adj"], "-o", color=f"C{i}", ms=3, label=f"adjustment, r = {r:g}")
+        axes[2].plot(m.index, m["coherence_grad"], ":", color=f"C{i}")
+    axes[1].set(xlabel="epoch", ylabel="mean pairwise cosine of h's outputs", ylim=(-0.05, 1.05))
+    axes[1].legend(fontsize=7)
+    axes[2].set(xlabel="epoch", ylabel="coherence over the epoch (dotted: gradient)", ylim=(0, 1.05))
+    axes[2].legend(fontsize=6)
+    fig.tight_layout()
+    return show(fig, "mechanism" if normalize == "sample" else f"mechanism_{normalize}", folder)
 
 
-def format_summary(summary: pd.DataFrame, studies: Sequence[Study]) -> str:
-    """The summary as a markdown table: study, setup, best setting, effect of ``compared``
-    vs the control with its 95% CI, p, verdict, and the settings significantly worse than
-    the control."""
-    by_key = {s.key: s for s in studies}
+def show_verdicts(verdicts: pd.DataFrame, metric: str, name: str, folder: str = OUT) -> Any:
+    """A forest plot of ``metric``'s comparisons: one row per treatment, one panel per control
+    (treatment - control, mean with its 95% interval, the margin shaded, the verdict written at
+    the right). Symmetric-log x axis: diverged seeds make some differences huge."""
+    import matplotlib.pyplot as plt
+
+    from galcore.experiments.plots import show
+
+    v = verdicts[verdicts["metric"] == metric]
+    controls = list(dict.fromkeys(v["control"]))
+    arms = list(dict.fromkeys(v["arm"]))
+    fig, axes = plt.subplots(1, len(controls), figsize=(4.2 * len(controls), 0.32 * len(arms) + 1.2), sharey=True,
+                             squeeze=False)
+    for ax, c in zip(axes[0], controls, strict=True):
+        rows = v[v["control"] == c].set_index("arm")
+        m = float(rows["margin"].iloc[0])
+        ax.axvspan(-m, m, color="C2", alpha=0.15, lw=0)
+        ax.axvline(0, color="k", lw=0.8)
+        for i, arm in enumerate(arms):
+            if arm not in rows.index:
+                continue
+            r = rows.loc[arm]
+            ax.errorbar([r["mean_diff"]], [i], xerr=[[r["mean_diff"] - r["low"]], [r["high"] - r["mean_diff"]]],
+                        fmt="s", color="C3" if r["verdict"] == "worse" else "C0", capsize=3, ms=4)
+            ax.annotate(r["verdict"], (1.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=7)
+        ax.set_xscale("symlog", linthresh=m)
+        top = float(np.nanmax(np.abs(rows[["low", "high"]].to_numpy(dtype=float)))) if len(rows) else m
+        lo, hi = int(np.floor(np.log10(m))), int(np.ceil(np.log10(max(top, m))))
+        decades = list(range(lo + 1, hi + 1, max(1, (hi - lo) // 3 + 1))) or [lo + 1]  # none inside the linear band
+        ax.set_xticks([0.0] + [sign * 10.0**d for d in decades for sign in (-1, 1)])
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(f"vs {c}", fontsize=9)
+        ax.set_xlabel(f"{metric}: treatment - control")
+    axes[0][0].set_yticks(range(len(arms)))
+    axes[0][0].set_yticklabels(arms, fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    return show(fig, f"{name}_{metric}", folder)
+
+
+# -- computed text -----------------------------------------------------------------------------
+def _g(x: float) -> str:
+    """A number for prose: 3 significant digits."""
+    return f"{x:.3g}"
+
+
+def _span(values: pd.Series) -> str:
+    lo, hi = float(values.min()), float(values.max())
+    return _g(lo) if _g(lo) == _g(hi) else f"{_g(lo)}-{_g(hi)}"
+
+
+def mechanism_text(finals: pd.DataFrame) -> str:
+    """The dose-response's mechanism measurements in words (per-sample arms); each reading is
+    stated only when the numbers support it."""
+    f = _with_labels(finals[finals["arm"] != "standard"])
+    f = f[f["normalize"] == "sample"]
+    by_r = f.groupby("ratio")
+    cos0 = float(f["h_cosine_init"].mean())
+    k0 = f["pert_ratio_init"] / f["ratio"]
+    coh_a, coh_g = float(f["coherence_adj_mean"].mean()), float(f["coherence_grad_mean"].mean())
+    net = by_r["net_ratio_mean"].mean()
+    healthy = f[(f["ratio"] <= 0.1) & (f["diverged"] == 0)]
+    gain = float(healthy["output_gain_mean"].median()) if not healthy.empty else float("nan")
     lines = [
-        "| study | setup | best | compared vs control | difference (95% CI) | p | verdict | significantly worse than the control |",
-        "|---|---|---|---|---|---|---|---|",
+        f"- **h's directions.** At the first step the mean pairwise cosine of h's outputs over the batch is {cos0:.3g}"
+        + (" (h points nearly every sample the same way)" if cos0 > 0.9 else "") + "; over training, by r: "
+        + ", ".join(f"{r:g}: {v:.3g}" for r, v in by_r["h_cosine_mean"].mean().items()) + ".",
+        f"- **The batch's sum.** At the first step the adjustment's part of the parameter step is {_span(k0)} x r "
+        f"times the plain gradient's (||J^T A|| / ||J^T G||; the per-sample bound is r)"
+        + (": the samples' adjustments add up while their gradients partly cancel" if k0.min() > 1.5 else "")
+        + f". Over training: {_span(f['pert_ratio_mean'] / f['ratio'])} x r.",
+        f"- **Across steps.** Over an epoch the adjustment's steps have coherence {coh_a:.3g} (1 = all in one "
+        f"direction), the gradient's {coh_g:.3g}"
+        + ("; the adjustment keeps its direction from step to step, the gradient does not" if coh_a > coh_g + 0.1 else "")
+        + ". The adjustment's share of an epoch's net move, by r: " + ", ".join(f"{r:g}: {v:.3g}" for r, v in net.items())
+        + ".",
+        "- **Diverged seeds** (test loss not finite, or accuracy at most twice chance), by r: "
+        + ", ".join(f"{r:g}: {c}" for r, c in by_r["diverged"].agg(_count).items()) + ".",
+        f"- **The tentative step.** The outputs' real move per step is {gain:.3g} times GAL's tentative step lr g "
+        f"(median over runs with r <= 0.1 that did not diverge)"
+        + (", so h learns from a step far smaller than the one training takes" if gain > 10 else "")
+        + f"; |R_gal|/|R_plain| {_span(healthy['remainder_ratio'])}; lowest acceptance "
+        f"{f['accept_rate_mean'].min():.3g}.",
     ]
-    for _, r in summary.iterrows():
-        st = by_key[r["study"]]
-        u = st.info.unit
-        effect = f"{_sg(r['mean_diff'])} [{_sg(r['low'])}, {_sg(r['high'])}] {u}"
+    own, same = f[f["h"] == "own Adam"], f[f["h"] == "model's optimizer"]
+    if not own.empty and not same.empty:
+        d, w = same["h_drift"], same["decay_drift"]
+        only_decay = bool(((d - w).abs() <= 1e-3 * w.abs()).all())
+        rms = float(own["h_grad_rms_mean"].max())
         lines.append(
-            f"| {st.title} | {st.task} | {r['best']} | {r['compared']} vs {r['control']} | {effect} | {_g(r['p_value'])} | "
-            f"{_verdict(r)} | {r['significantly_worse'] or '-'} |"
-        )
+            f"- **How h learns.** In the model's optimizer h drifts {_span(d)} (weight decay alone: {_span(w)})"
+            + ("; it moves only as weight decay moves it" if only_decay else "")
+            + f"; its gradient has RMS {_span(same['h_grad_rms_mean'])}. With its own Adam it drifts "
+            + ", ".join(f"{r:g}: {v:.3g}" for r, v in own.groupby("ratio")["h_drift"].mean().items())
+            + f" (by r), from gradients of RMS up to {rms:.3g}"
+            + (", below Adam's eps (1e-8): Adam's step is then close to lr g / eps, proportional to the gradient"
+               if rms < 1e-8 else "") + ".")
     return "\n".join(lines)
 
 
-def describe_arms(study: Study) -> str:
-    """The arms of a study and what they share, in one line (for the notebook)."""
-    s = study.setup
-    c = study.arms[study.control]
-    n_params = sum(p.numel() for p in s.model_fn().parameters())
-    arms = ", ".join(("**" + a + "** (control)") if a == study.control else a for a in study.arms)
-    ref = f"; reference: {study.reference[0]}" if study.reference else ""
-    kw = f" {dict(c.optimizer_kwargs)}" if c.optimizer_kwargs else ""
-    return (
-        f"{study.task}: {arms}{ref} · model {c.model} ({n_params} parameters), {c.optimizer} lr {c.lr:g}{kw}, "
-        f"{c.epochs} epochs, batch {c.batch_size}, seeds {list(s.seeds)}"
-    )
+def _verdict_of(verdicts: pd.DataFrame, arm: str, control: str, metric: str = "test_loss") -> pd.Series:
+    rows = verdicts[(verdicts["arm"] == arm) & (verdicts["control"] == control) & (verdicts["metric"] == metric)]
+    if rows.empty:
+        raise KeyError(f"no comparison {arm!r} vs {control!r} on {metric}")
+    return rows.iloc[0]
 
 
-def report_group(
-    group: str, studies: Sequence[Study], finals: Mapping[str, pd.DataFrame], summary: pd.DataFrame, *, save: bool = True
-) -> tuple[Any, dict[str, pd.DataFrame], list[str]]:
-    """A group's figure, its per-study arm tables and its summary sentences; with ``save``,
-    the figure goes to ``results/05_ablations/<group>.png`` (returned as its path: showing
-    the saved PNG avoids drawing the figure twice) and the tables to ``<study>.csv``
-    (``:`` replaced by ``_``); without, the figure itself is returned."""
-    import matplotlib.pyplot as plt
+def _diff(row: pd.Series, unit: str = "") -> str:
+    """``verdict (diff [low, high]{unit}, mde m)`` for prose."""
+    if row["verdict"] == "identical":
+        return "identical (bit-identical final weights on every seed)"
+    return (f"{row['verdict']} ({row['mean_diff']:+.3g} [{row['low']:+.3g}, {row['high']:+.3g}]{unit}, "
+            f"mde {row['mde']:.3g})")
 
+
+def _largest_equivalent(verdicts: pd.DataFrame, metric: str = "test_loss") -> float:
+    """The largest r such that every arm with ratio <= r is equivalent (or identical) to the
+    standard method on ``metric``; 0 when none is."""
+    v = verdicts[(verdicts["control"] == "standard") & (verdicts["metric"] == metric)].copy()
+    v["ratio"] = [split_label(a)["ratio"] for a in v["arm"]]
+    best = 0.0
+    for r in sorted(v["ratio"].unique()):
+        if v.loc[v["ratio"] <= r, "verdict"].isin(["equivalent", "identical"]).all():
+            best = r
+        else:
+            break
+    return best
+
+
+def dose_text(finals: pd.DataFrame, verdicts: pd.DataFrame) -> str:
+    """What the dose-response says, computed from its finals and verdicts."""
+    f = _with_labels(finals[finals["arm"] != "standard"])
+    r_eq = _largest_equivalent(verdicts)
+    v = verdicts[(verdicts["control"] == "standard")].copy()
+    v["ratio"] = [split_label(a)["ratio"] for a in v["arm"]]
+    worse = v[v["verdict"] == "worse"]
+    first_worse = float(worse["ratio"].min()) if not worse.empty else float("nan")
+    top = float(f["ratio"].max())
+    div = f[f["ratio"] == top].groupby("h", sort=False)["diverged"].agg(_count)
+    err_top = v[(v["ratio"] == top) & (v["metric"] == "test_error")].set_index("arm")["mean_diff"]
+    mde_eq = v[(v["ratio"] <= r_eq) & (v["metric"] == "test_loss")]["mde"]
+    parts = [
+        f"Up to r = {r_eq:g} every way of learning h is equivalent to the standard method on test NLL (margin "
+        f"{verdicts.loc[verdicts['metric'] == 'test_loss', 'margin'].iloc[0]:.3g}; mde {_span(mde_eq)})"
+        if r_eq > 0 else "No ratio is equivalent to the standard method on test NLL",
+    ]
+    if np.isfinite(first_worse):
+        arms = ", ".join(f"{split_label(a)['h']} {_diff(row)}" for a, row in
+                         worse[worse["ratio"] == first_worse].set_index("arm").iterrows() if row["metric"] == "test_loss")
+        parts.append(f"the first significantly worse arms are at r = {first_worse:g}" + (f" (test NLL: {arms})" if arms else ""))
+    parts.append(f"at r = {top:g}: diverged seeds " + ", ".join(f"{h} {c}" for h, c in div.items())
+                 + f"; test error minus the standard method's {_span(err_top)} points (by way of learning h)")
+    return "; ".join(parts) + "."
+
+
+def batch_text(finals: pd.DataFrame, verdicts: pd.DataFrame) -> str:
+    """What ``normalize="batch"`` changes, computed."""
+    f = _with_labels(finals[finals["arm"] != "standard"])
+    by = f.groupby(["normalize", "ratio"])
+    pert = (f["pert_ratio_init"] / f["ratio"]).groupby(f["normalize"]).mean()
+    net = (f["net_ratio_mean"] / f["ratio"]).groupby(f["normalize"]).mean()
+    coh = by["coherence_adj_mean"].mean()
+    div = by["diverged"].agg(_count)
+    rs = sorted(f["ratio"].unique())
+    small = [r for r in rs if r < 0.1]
+    vs_sample = verdicts[verdicts["control"] != "standard"].copy()
+    vs_sample["ratio"] = [split_label(a)["ratio"] for a in vs_sample["arm"]]
+    eq = vs_sample[(vs_sample["ratio"].isin(small)) & (vs_sample["metric"] == "test_loss")]["verdict"].value_counts()
+    lines = [
+        (f"- At the first step the batch bound cuts the adjustment's parameter-space share from {pert['sample']:.3g} r "
+        f"to {pert['batch']:.3g} r, and its share of an epoch's net move from {net['sample']:.3g} r to "
+        f"{net['batch']:.3g} r (means over arms)."),
+        "- Diverged seeds, per-sample -> batch: " + "; ".join(
+            f"r = {r:g}: {div[('sample', r)]} -> {div[('batch', r)]}" for r in rs if r >= 0.1) + ".",
+        _collapse_line(div, coh, rs[-1]),
+        "- At r < 0.1 (the cost): against the same arm with per-sample normalisation, test NLL verdicts "
+        + ", ".join(f"{k} x{n}" for k, n in eq.items()) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def _collapse_line(div: pd.Series, coh: pd.Series, r: float) -> str:
+    """Whether the batch bound removed divergence at the largest r, with the coherence that
+    explains why not when it did not."""
+    if div[("batch", r)].startswith("0/"):
+        return f"- With the batch bound no seed diverges at r = {r:g}."
+    return (f"- The batch bound does not remove the collapse at r = {r:g} ({div[('batch', r)]} seeds diverge): the "
+            f"adjustment's coherence over an epoch is {coh[('batch', r)]:.3g} with the bound and "
+            f"{coh[('sample', r)]:.3g} without, so its share of the net move builds up across steps although each "
+            f"step is bounded.")
+
+
+def accept_text(finals: pd.DataFrame, verdicts: pd.DataFrame) -> str:
+    """Where the acceptance rule acts, computed: which arms had rejected steps (tentative loss
+    rose) and what the rule changed there."""
+    gal = finals[finals["rejected_rate"].notna()] if "rejected_rate" in finals else finals.iloc[:0]
+    rejected = gal.groupby("arm", sort=False)["rejected_rate"].max()
+    faults = gal.groupby("arm", sort=False)["fallback_rate"].max()
+    div = finals.groupby("arm", sort=False)["diverged"].agg(_count)
+    pairs = verdicts[verdicts["arm"].str.endswith("always") & (verdicts["metric"] == "test_error")]
+    ident = pairs[pairs["verdict"] == "identical"]
+    lines = [(f"- No tentative step was rejected on any seed in {int((rejected == 0).sum())} of {len(rejected)} GAL arms; "
+             f"`always` vs `decrease` is identical (bit-identical weights) in {len(ident)} of {len(pairs)} pairs.")]
+    acted = rejected[rejected > 0]
+    if not acted.empty:
+        lines.append("- Steps were rejected only in: " + "; ".join(
+            f"{a} (up to {v:.3g} of the steps; faults up to {faults[a]:.3g}; diverged {div[a]})" for a, v in acted.items())
+            + ".")
+    other = pairs[pairs["verdict"] != "identical"]
+    if not other.empty:
+        lines.append("- Where the rule acted, `always` against `decrease` on test error: " + "; ".join(
+            f"{r['arm']}: {_diff(r, ' points')}" for _, r in other.iterrows()) + ".")
+    return "\n".join(lines)
+
+
+def factors_text(finals: pd.DataFrame, verdicts: pd.DataFrame, base: str = "base: r=0.1, own Adam") -> str:
+    """The factor study in a few lines: which settings change the base's test NLL (and how,
+    against the base and against the standard method), which are identical, and the
+    mechanism's numbers of the ones that help (h's pairwise cosine, the adjustment's net share)."""
+    nll = verdicts[verdicts["metric"] == "test_loss"]
+    vs_base = nll[nll["control"] == base].set_index("arm")
+    vs_std = nll[nll["control"] == "standard"].set_index("arm")
+    mech = finals.groupby("arm", sort=False)[["h_cosine_mean", "net_ratio_mean", "h_drift"]].mean()
+
+    def listed(verdict: str) -> str:
+        arms = vs_base.index[vs_base["verdict"] == verdict]
+        return ", ".join(f"{a} ({vs_base.loc[a, 'mean_diff']:+.3g}, mde {vs_base.loc[a, 'mde']:.3g})" for a in arms) or "none"
+
+    better = list(vs_base.index[vs_base["verdict"] == "better"])
+    n_std = int((vs_std.index != base).sum())
+    better_std = int((vs_std.loc[vs_std.index != base, "verdict"] == "better").sum())
+    lines = [
+        f"- The base against the standard method, test NLL: {_diff(vs_std.loc[base])}.",
+        f"- Better than the base on test NLL: {listed('better')}. Worse: {listed('worse')}.",
+        (f"- Identical to the base (bit-identical weights on every seed): "
+        f"{', '.join(vs_base.index[vs_base['verdict'] == 'identical']) or 'none'}."),
+        f"- Inconclusive against the base: {listed('inconclusive')}.",
+    ]
+    if better:
+        cos_b, net_b = mech.loc[better, "h_cosine_mean"], mech.loc[better, "net_ratio_mean"]
+        spread = bool((cos_b < mech.loc[base, "h_cosine_mean"]).all() and (net_b < mech.loc[base, "net_ratio_mean"]).all())
+        lines.append(
+            f"- The better settings' h: mean pairwise cosine over training {_span(cos_b)} (base "
+            f"{mech.loc[base, 'h_cosine_mean']:.3g}); the adjustment's share of an epoch's net move {_span(net_b)} (base "
+            f"{mech.loc[base, 'net_ratio_mean']:.3g})"
+            + (": each spreads h's directions and shrinks the adjustment's accumulated push, the mechanism of the "
+               "base's damage" if spread else "") + ".")
+        lines.append("- Those settings against the standard method, test NLL: "
+                     + "; ".join(f"{a}: {_diff(vs_std.loc[a])}" for a in better)
+                     + f". Of the {n_std} arms compared with the standard method here, {better_std} came out `better`; "
+                     f"with no effect anywhere about {0.025 * n_std:.2g} would by chance (5% two-sided, one side), so a "
+                     f"single `better` needs a replication before it counts.")
+    mean_arm = "first_order=mean"
+    if SHORT in vs_std.index and mean_arm in vs_std.index and "adj_grad_cosine_mean" in finals:
+        cos = finals.groupby("arm")["adj_grad_cosine_mean"].mean()
+        lines.append(
+            f"- first_order=\"mean\" divides the first-order term of h's objective by the batch size, so the objective "
+            f"is mostly |<delta, g>|, which an adjustment against the gradient lowers. Mean cosine between a sample's "
+            f"adjustment and its gradient: {cos[mean_arm]:.3g} (base {cos[base]:.3g})"
+            + (", i.e. h learned to shorten each sample's step" if cos[mean_arm] < -0.5 else "")
+            + f". The standard method with every step shortened by r ({SHORT}) against the standard method: "
+            f"{_diff(vs_std.loc[SHORT])}; first_order=mean against it: {_diff(_verdict_of(verdicts, mean_arm, SHORT))}.")
+    return "\n".join(lines)
+
+
+def space_text(verdicts: pd.DataFrame) -> str:
+    """The output- vs parameter-space comparisons, one line each, computed."""
+    rows = verdicts[verdicts["metric"] == "test_loss"]
+    return "\n".join(f"- {r['arm']} vs {r['control']}: test NLL {_diff(r)}, test error "
+                     f"{_diff(_verdict_of(verdicts, r['arm'], r['control'], 'test_error'), ' points')}."
+                     for _, r in rows.iterrows())
+
+
+def _headline(study: str, v: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons summary.csv keeps: each study's headline (the notebook shows all)."""
+    if study == "dose":
+        return v[v["control"] == "standard"]
+    if study == "batch":
+        return v[v["control"] != "standard"]
+    return v
+
+
+def summary_frame(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], outputs: int = 10) -> pd.DataFrame:
+    """summary.csv's rows: each study's headline comparisons (dose: vs the standard method;
+    batch: vs the same arm normalised per sample; the others: all) with the harness's compare
+    columns, ``outputs`` (C) and the treatment's mean acceptance and diverged seeds."""
+    frames = []
+    for study, (finals, verdicts) in results.items():
+        v = _headline(study, verdicts).copy()
+        acc = finals.groupby("arm")["accept_rate_mean"].mean() if "accept_rate_mean" in finals else pd.Series(dtype=float)
+        div = finals.groupby("arm")["diverged"].agg(_count)
+        v["outputs"] = outputs
+        v["accept_rate"] = v["arm"].map(acc)
+        v["diverged"] = v["arm"].map(div)
+        frames.append(v)
+    return pd.concat(frames, ignore_index=True)
+
+
+def save_summary(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], folder: str = OUT) -> Any:
+    """Write :func:`summary_frame` to ``results/<folder>/summary.csv``; returns the path."""
     from galcore.experiments.results import save_table
 
-    sts = [s for s in studies if s.group == group]
-    fig = plot_group(group, sts, finals)
-    tables = {s.key: arm_table(s, finals[s.key]) for s in sts}
-    sentences = [str(summary.loc[summary["study"] == s.key, "sentence"].item()) for s in sts]
-    if not save:
-        return fig, tables, sentences
-    path = results_dir(OUT) / f"{group}.png"
-    fig.savefig(path, dpi=100)  # laid out by tight_layout already
-    plt.close(fig)
-    for key, t in tables.items():
-        save_table(t, key.replace(":", "_"), OUT)
-    return path, tables, sentences
+    return save_table(summary_frame(results), "summary", folder)
 
 
-def save_summary(summary: pd.DataFrame) -> Path:
-    """``results/05_ablations/summary.csv`` (the columns of :data:`SUMMARY_COLUMNS`; it also
-    has the columns :mod:`galcore.experiments.report` reads: ``setting``, ``metric``, ``mean_control``,
-    ``mean_treatment``, ``mean_diff``, ``low``, ``high``, ``p_value``, ``n``)."""
-    from galcore.experiments.results import save_table
+def conclusion(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
+    """The notebook's findings as markdown, every number and verdict computed from ``results``
+    (``{study: (finals, verdicts)}`` for dose, batch, accept, factors, space)."""
+    dose_f, dose_v = results["dose"]
+    parts = ["**Dose-response.** " + dose_text(dose_f, dose_v),
+             "**The mechanism** (dose-response arms, per-sample normalisation):\n" + mechanism_text(dose_f)]
+    if "batch" in results:
+        parts.append("**normalize=\"batch\".**\n" + batch_text(*results["batch"]))
+    if "accept" in results:
+        parts.append("**The acceptance rule.**\n" + accept_text(*results["accept"]))
+    if "factors" in results:
+        parts.append("**The other factors, at r = 0.1 with h trained by its own Adam** (verdicts against that base):\n"
+                     + factors_text(*results["factors"]))
+    if "space" in results:
+        parts.append("**Output vs parameter space** (MLP 64-8-10):\n" + space_text(results["space"][1]))
+    n = len(dose_f.loc[dose_f["arm"] == "standard"])
+    parts.append(f"_{n} seeds per arm; `mde` is the smallest paired difference those seeds detect with 80% power; "
+                 f"a verdict of `inconclusive` with an mde above the margin means more seeds, not no effect._")
+    return "\n\n".join(parts)
 
-    return save_table(summary, "summary", OUT)
+
+def save_conclusion(text: str, folder: str = OUT) -> Any:
+    """Write ``text`` to ``results/<folder>/conclusion.md``; returns the path."""
+    from galcore.experiments.results import results_dir
+
+    path = results_dir(folder) / "conclusion.md"
+    path.write_text(text + "\n")
+    return path
+
+
+def ray_table(models: Mapping[str, torch.nn.Module], data: Data, ratios: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0),
+              lengths: Any = None, batch: int = 64) -> pd.DataFrame:
+    """Where the loss rises along GAL's tentative ray x - t (g + a) (:func:`mechanism.tentative_ray`)
+    on the first ``batch`` training images, for each model and ratio (h drawn with seed 10000):
+    the fraction of step lengths t (default 33 values from 1e-2 to 1e6) at which the loss is
+    above its value at t = 0, and the smallest such t (NaN: never)."""
+    import torch.nn.functional as F
+
+    from galcore.gal import GAL
+
+    ts = np.logspace(-2, 6, 33) if lengths is None else np.asarray(lengths, dtype=float)
+    x, y = data.x_train[:batch], data.y_train[:batch]
+    rows = []
+    for name, model in models.items():
+        with torch.no_grad():
+            out = model.eval()(x)
+        for r in ratios:
+            rise = mechanism.tentative_ray(GAL(data.num_outputs, ratio=r, seed=10_000), out,
+                                           lambda o: F.cross_entropy(o, y), ts.tolist()).numpy()
+            up = ts[rise > 0]
+            rows.append({"model": name, "ratio r": r, "t with a rise": f"{int((rise > 0).sum())}/{len(ts)}",
+                         "smallest such t": float(up.min()) if up.size else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def base_text(dose_finals: pd.DataFrame, dose_verdicts: pd.DataFrame, arm: str = "r=0.1 | own Adam") -> str:
+    """The factor study's base as the dose-response measured it: its verdict against the
+    standard method, h's drift against weight decay's, its diverged seeds."""
+    row = _verdict_of(dose_verdicts, arm, "standard")
+    f = dose_finals[dose_finals["arm"] == arm]
+    return (f"In the dose-response, {arm} against the standard method on test NLL: {_diff(row)}; h's drift "
+            f"{f['h_drift'].mean():.3g} (weight decay alone: {f['decay_drift'].mean():.3g}); diverged seeds "
+            f"{_count(f['diverged'])}.")

@@ -1,5 +1,5 @@
 """Timing and memory of training steps, standard vs GAL (the benchmark script and the cost
-study of the ablation notebook both use these).
+study of the ablation notebook both use these), and the release's step restated for timing.
 
 Peak memory of a step: tensor bytes allocated during the step above what was live at its
 start — ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak of the profiler's
@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from galcore.gal import GAL
+from galcore.reference import reference_step
 
-__all__ = ["CLOCKS", "StepRunner", "quantile", "step_peak_bytes", "time_steps"]
+__all__ = ["CLOCKS", "ReferenceRunner", "ReleaseRunner", "StepRunner", "quantile", "step_peak_bytes", "time_steps"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -57,6 +58,54 @@ class StepRunner:
                     tensors.append(p.grad)
                 tensors.extend(v for v in self.opt.state.get(p, {}).values() if isinstance(v, Tensor))
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class ReleaseRunner(StepRunner):
+    """The public release's GAL step (GAL.md, "one iteration"), restated to time what its code
+    does on a CPU: float32 throughout, no fault handling, ``first_order="mean"``, h (a plain
+    ``nn.Sequential`` of ``nn.Linear``, ``h``) in the same optimizer as the model. Like the
+    release's code it copies the outputs and their gradient through NumPy (its host round
+    trip), feeds h the copy that requires grad and keeps the gradient copy as a leaf that
+    requires grad (so the objective's backward also computes gradients for both), reads the
+    losses and the decision back as Python floats, and runs three backward calls (loss, h's
+    objective, the model).
+    """
+
+    def __init__(self, model: nn.Module, h: nn.Module, loss_fn: LossFn, opt: torch.optim.Optimizer,
+                 ratio: float, scale: float = 1.0) -> None:
+        super().__init__(model, None, loss_fn, opt)
+        self.h, self.ratio, self.scale = h, ratio, scale
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        out = self.model(x)
+        out.backward(self._release_gal(out, y))
+        self.opt.step()
+
+    def _release_gal(self, out: Tensor, y: Tensor) -> Tensor:
+        """The release's GAL part, from the outputs to the gradient it sends back."""
+        eta = self.opt.param_groups[0]["lr"] * self.scale
+        x0 = torch.tensor(out.detach().cpu().numpy(), device=out.device, requires_grad=True)
+        loss0 = self.loss_fn(x0, y)
+        loss0_value = loss0.item()
+        loss0.backward()
+        g = torch.tensor(x0.grad.cpu().double().numpy(), dtype=torch.float32, device=out.device, requires_grad=True)
+        a = self.h(x0)
+        a = self.ratio * a / a.norm(dim=1, keepdim=True) * g.norm(dim=1, keepdim=True)
+        delta = (g + a) * eta
+        loss1 = self.loss_fn(x0 - delta, y)
+        torch.abs(loss1 + (delta * g).sum(1).mean() - loss0_value).backward()
+        return g.data + a.data if loss1.item() <= loss0.item() else g.data
+
+
+class ReferenceRunner(ReleaseRunner):
+    """The same step through :func:`galcore.reference.reference_step` (the tests' oracle: the
+    algorithm alone, without the release's host copies and extra gradients)."""
+
+    def _release_gal(self, out: Tensor, y: Tensor) -> Tensor:
+        eta = self.opt.param_groups[0]["lr"]
+        return reference_step(out, lambda o: self.loss_fn(o, y), self.h, eta, ratio=self.ratio, scale=self.scale,
+                              first_order="mean")[0]
 
 
 def _sync(device: torch.device) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from galcore.gal import GAL
+from galcore.experiments import harness
+from galcore.experiments.harness import RunResult, TrainConfig, _device, build_gal, cached, loss_function, train_loop
 from galcore.experiments.optim import current_lr, make_optimizer
 from galcore.experiments.results import repo_root
-from galcore.experiments.harness import RunResult, TrainConfig, _device, build_gal, cached, loss_function, train_loop
+from galcore.gal import GAL
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -52,6 +53,8 @@ __all__ = [
     "efficientnet_b1_factory",
     "evaluate_loader",
     "fake_cifar",
+    "run_loader_arms",
+    "time_steps",
     "train_loader_run",
 ]
 
@@ -293,6 +296,23 @@ def _train_loader(cfg: TrainConfig, data: LoaderData, model_fn: Callable[[], nn.
     return train_loop(cfg, model_fn, data.num_outputs, batches, lambda m: evaluate_loader(m, data, cfg, device, augment), progress)
 
 
+def run_loader_arms(
+    arms: Mapping[str, TrainConfig],
+    seeds: Sequence[int],
+    data: LoaderData,
+    model_fn: Callable[[], nn.Module],
+    *,
+    cache: bool = False,
+    progress: bool = True,
+) -> tuple[Any, Any]:
+    """:func:`galcore.experiments.harness.run_arms` for loader data: every arm for every seed
+    (seed-major) through :func:`train_loader_run`, the same ``(finals, histories)`` frames."""
+    return harness.run_arms(
+        arms, seeds, data, model_fn, cache=cache, progress=progress,  # type: ignore[arg-type]
+        runner=lambda cfg, d, m, c: train_loader_run(cfg, d, m, cache=c),
+    )
+
+
 def benchmark_step(
     model_fn: Callable[[], nn.Module],
     num_classes: int,
@@ -333,6 +353,12 @@ def benchmark_step(
             g.backward(model(xb), lambda o: F.cross_entropy(o, y), current_lr(opt))
         opt.step()
 
+    return time_steps(step, dev, batch_size, warmup=warmup, steps=steps)
+
+
+def time_steps(step: Callable[[], None], dev: torch.device, batch_size: int, *, warmup: int, steps: int) -> dict[str, float]:
+    """Run ``step()`` ``warmup`` times, then time ``steps`` calls (CUDA synchronised around the
+    timed block): images per second, milliseconds per step and peak CUDA memory (GiB; NaN on CPU)."""
     for _ in range(warmup):
         step()
     if dev.type == "cuda":

@@ -58,6 +58,7 @@ __all__ = [
     "Data",
     "RunResult",
     "Setup",
+    "StepHook",
     "TrainConfig",
     "build_gal",
     "cache_key",
@@ -349,7 +350,7 @@ def code_files() -> list[Path]:
 def _files_digest() -> str:
     digest = hashlib.sha256()
     for path in code_files():
-        digest.update(path.relative_to(_PACKAGE.parent).as_posix().encode())
+        digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -363,7 +364,9 @@ def _class_source(cls: type) -> str:
 
 def code_fingerprint(model: nn.Module | None = None) -> str:
     """sha256 (hex) of :func:`code_files` and, given a model, of the source of every
-    ``nn.Module`` class in it outside torch (``inspect.getsource``), plus torch's version."""
+    ``nn.Module`` class in it outside torch (``inspect.getsource``), plus torch's version.
+    A class without retrievable source (defined in a notebook cell) enters by name only: its
+    structure and weights still key the run (:func:`model_fingerprint`), its code does not."""
     digest = hashlib.sha256(_files_digest().encode())
     digest.update(torch.__version__.encode())
     if model is not None:
@@ -513,21 +516,52 @@ def _optimizers(cfg: TrainConfig, model: nn.Module, gal: GAL | ParamGAL | None) 
     return make_optimizer(cfg.optimizer, groups, cfg.lr, **dict(cfg.optimizer_kwargs)), h_opt
 
 
-def run(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = False, progress: bool = False) -> RunResult:
+class StepHook:
+    """Watches the output-space GAL steps of one :func:`run` (and may measure inside them);
+    the default methods do nothing. A hook must not change what the step sends back to the
+    model or h, so that a hooked run takes the same steps as a plain one (the final weights
+    are bit-identical; :mod:`galcore.experiments.mechanism` is the example). ``key`` names
+    what the hook records and enters the run's cache key."""
+
+    key = ""
+
+    def start(self, cfg: TrainConfig, model: nn.Module, gal: GAL | ParamGAL | None) -> None:
+        """Called once, after the model, GAL and the optimizers are built."""
+
+    def backward(self, gal: GAL, out: Tensor, loss_of: Callable[[Tensor], Tensor], lr: float) -> GALStep:
+        """One step's ``gal.backward(out, loss_of, lr)`` (a hook may measure around it)."""
+        return gal.backward(out, loss_of, lr)
+
+    def after_step(self, model: nn.Module, xb: Tensor, out: Tensor, lr: float) -> None:
+        """Called after the optimizers stepped, with the batch and its outputs before the step."""
+
+    def end_epoch(self, row: dict[str, float], records: list[GALStep]) -> None:
+        """Add the epoch's measurements to its history ``row``."""
+
+    def end_run(self, final: dict[str, float]) -> None:
+        """Add the run's measurements to its ``final`` metrics."""
+
+
+def run(
+    cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, cache: bool = False, progress: bool = False,
+    hook: StepHook | None = None,
+) -> RunResult:
     """Train one model under ``cfg`` on ``data`` (in memory) and return its result.
 
     ``model_fn()`` is called right after ``torch.manual_seed(cfg.seed)``. With ``cache`` the
-    result is read from / written to ``results/cache`` under :func:`cache_key`. ``progress``
-    shows a bar over epochs."""
+    result is read from / written to ``results/cache`` under :func:`cache_key` (and the
+    hook's ``key``). ``progress`` shows a bar over epochs. ``hook``: a :class:`StepHook`."""
     if cfg.select is not None and not data.has_val:
         raise ValueError(f"select={cfg.select!r} needs validation data: give Data x_val and y_val")
     torch.manual_seed(cfg.seed)
     model = model_fn()
-    key = cache_key(cfg, data, model) if cache else None
-    return cached(cfg, lambda: _train(cfg, data, model, progress), cache, key=key)
+    key = None
+    if cache:
+        key = cache_key(cfg, data, model) + (f"-{hook.key}" if hook is not None and hook.key else "")
+    return cached(cfg, lambda: _train(cfg, data, model, progress, hook), cache, key=key)
 
 
-def _train(cfg: TrainConfig, data: Data, model: nn.Module, progress: bool) -> RunResult:
+def _train(cfg: TrainConfig, data: Data, model: nn.Module, progress: bool, hook: StepHook | None = None) -> RunResult:
     """In-memory data: batches are slices of a seeded permutation (no per-sample Python)."""
     device = _device(cfg.device)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
@@ -544,8 +578,11 @@ def _train(cfg: TrainConfig, data: Data, model: nn.Module, progress: bool) -> Ru
     val_fn = None
     if data.x_val is not None and data.y_val is not None:
         x_va, y_va = data.x_val.to(device), data.y_val.to(device)
-        val_fn = lambda m: evaluate(m, x_va, y_va, cfg, data.y_scale, prefix="val")  # noqa: E731
-    return _fit(cfg, model, data.num_outputs, batches, lambda m: evaluate(m, x_te, y_te, cfg, data.y_scale), val_fn, progress)
+        val_fn = lambda m: evaluate(m, x_va, y_va, cfg, data.y_scale, prefix="val")
+    return _fit(
+        cfg, model, data.num_outputs, batches, lambda m: evaluate(m, x_te, y_te, cfg, data.y_scale), val_fn, progress,
+        hook,
+    )
 
 
 def train_loop(
@@ -585,6 +622,7 @@ def _fit(
     evaluate_fn: Callable[[nn.Module], dict[str, float]],
     val_fn: Callable[[nn.Module], dict[str, float]] | None,
     progress: bool,
+    hook: StepHook | None = None,
 ) -> RunResult:
     """Train ``model`` (just built after seeding) under ``cfg``. The recorded ``train_loss`` is
     the model-dtype loss of each batch's outputs for every arm (GAL's own float64 loss is not
@@ -600,6 +638,10 @@ def _fit(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), 0.1) if cfg.milestones else None
     loss_fn = loss_function(cfg.loss)
     probe = RemainderProbe(model, every=cfg.probe_every, dtype=torch.float64) if cfg.probe_every else None
+    if hook is not None:
+        if gal is None or isinstance(gal, ParamGAL):
+            raise ValueError("a StepHook watches output-space GAL runs: give gal options and space='output'")
+        hook.start(cfg, model, gal)
 
     history: list[dict[str, float]] = []
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -629,7 +671,8 @@ def _fit(
                 losses.append(rec.loss)  # parameter space: the model ran in GAL's compute dtype
             else:
                 out = model(xb)
-                rec = gal.backward(out, lambda o, yb=yb: loss_fn(o, yb), lr)
+                loss_of = lambda o, yb=yb: loss_fn(o, yb)
+                rec = gal.backward(out, loss_of, lr) if hook is None else hook.backward(gal, out, loss_of, lr)
                 records.append(rec)
                 losses.append(loss_fn(out.detach(), yb))
             if probe is not None:
@@ -639,12 +682,16 @@ def _fit(
                 opt.step()
             if h_opt is not None:
                 h_opt.step()
+            if hook is not None:
+                hook.after_step(model, xb, out, lr)
         if sched is not None:
             sched.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         row: dict[str, float] = {"epoch": epoch + 1, "epoch_time": time.perf_counter() - t0}
         row.update(_epoch_stats(losses, records))
+        if hook is not None:
+            hook.end_epoch(row, records)
         row.update(evaluate_fn(model))
         if val_fn is not None:
             row.update(val_fn(model))
@@ -656,6 +703,8 @@ def _fit(
     if cfg.select is not None:
         final["best_epoch"] = history[best]["epoch"]
     final["mean_epoch_time"] = sum(h["epoch_time"] for h in history) / len(history)
+    if hook is not None:
+        hook.end_run(final)
     return RunResult(asdict(cfg), history, final, seconds, probe_rows, state_hash(model), cpu)
 
 
@@ -682,6 +731,8 @@ def run_arms(
     *,
     cache: bool = False,
     progress: bool = True,
+    hook: Callable[[TrainConfig], StepHook | None] | None = None,
+    runner: Callable[[TrainConfig, Any, Callable[[], nn.Module], bool], RunResult] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every arm for every seed (the seed overrides each config's), seed-major.
 
@@ -689,7 +740,9 @@ def run_arms(
     metrics, ``seconds``, ``cpu_seconds``, ``weights_hash`` (and ``accept_rate_mean``, the
     epochs' mean, for GAL arms); and one row per (arm, seed, epoch). ``progress`` shows runs
     done / total, the current arm and seed, elapsed and remaining
-    (:mod:`galcore.experiments.progress`)."""
+    (:mod:`galcore.experiments.progress`). ``hook(cfg)`` gives each run's :class:`StepHook`
+    (or ``None``). ``runner(cfg, data, model_fn, cache)`` trains one run instead of :func:`run`
+    (data that is not in memory: :func:`galcore.experiments.fullscale.train_loader_run`)."""
     if not arms:
         raise ValueError("arms: give at least one arm")
     if not seeds:
@@ -701,7 +754,11 @@ def run_arms(
         for name, seed in jobs:
             bar.set_postfix(arm=name, seed=seed, refresh=False)
             bar.update(0)  # redraw (rate-limited) so the running arm shows
-            res = run(replace(arms[name], seed=seed), data, model_fn, cache=cache)
+            cfg = replace(arms[name], seed=seed)
+            if runner is None:
+                res = run(cfg, data, model_fn, cache=cache, hook=None if hook is None else hook(cfg))
+            else:
+                res = runner(cfg, data, model_fn, cache)
             row = {"arm": name, "seed": seed, **res.final, "seconds": res.seconds, "cpu_seconds": res.cpu_seconds,
                    "weights_hash": res.weights_hash}
             if res.history and "accept_rate" in res.history[0]:

@@ -8,7 +8,8 @@
 - ``"log"``: headless (``GALCORE_PROGRESS=log``, which the main job sets for its kernels, or
   outside a kernel with stderr not a terminal): one line per update, at most every
   ``LOG_INTERVAL`` seconds, written to the process's real stderr (``sys.__stderr__``, the
-  main job's log, not the notebook's output).
+  main job's log; ipykernel also copies that file descriptor's output into the cell, so an
+  executed notebook keeps the same few lines).
 - ``"terminal"``: a terminal (stderr is a tty): tqdm's usual bar.
 - ``"off"``: ``GALCORE_PROGRESS=off``: a disabled bar (iteration and ``set_postfix`` still work).
 """

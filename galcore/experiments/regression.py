@@ -1,20 +1,21 @@
-"""Regression with and without GAL: embedded data, models, paired runs and a table.
+"""Regression with and without GAL (notebook 04): data with a validation split, the arms, what
+h receives, the margin, the verdicts and the computed conclusion.
 
-Data (all standardised with the training split's statistics; ``Data.y_scale`` is the target's
-training standard deviation, so ``test_rmse_orig``/``test_mae_orig`` are in original units):
+Two tasks, both embedded (no download):
 
-- ``diabetes``: scikit-learn's bundled diabetes data (442 patients x 10 features, target a
-  disease-progression score), fixed split. Embedded, no download.
-- ``rotated_digits``: scikit-learn's bundled 8x8 digits images, each rotated by a random angle
-  (uniform in ``[-max_angle, max_angle]`` degrees, fixed seed), target = the angle. The images
-  are rotated in one batched ``affine_grid``/``grid_sample`` call (no loop over samples).
-  Embedded, no download.
-- ``california``: California housing (20,640 x 8, target median house value in $100k) through
-  scikit-learn's fetcher; ``full`` profile only; it downloads once and raises a clear
-  :class:`DatasetUnavailable` without network.
+- ``rotated_digits`` (C = 2 outputs): scikit-learn's 8x8 digits, each rotated by a random
+  angle t (uniform in ``[-max_angle, max_angle]`` degrees); the model predicts
+  ``(cos t, sin t)``. With two outputs GAL's per-sample normalisation
+  ``a_i = r |g_i| h(x_i) / |h(x_i)|`` keeps one degree of freedom, the direction of a_i, so the
+  remainder objective has a gradient with respect to h's weights (:func:`h_probe` measures it).
+- ``diabetes`` (C = 1 output): scikit-learn's diabetes table, the degenerate case. With one
+  output ``h(x_i) / |h(x_i)|`` is a sign, whose derivative is 0: h receives no gradient, and
+  GAL is a fixed random rescaling of each sample's gradient by ``1 + r`` or ``1 - r``.
 
-Models: :class:`galcore.experiments.models.MLP` for tabular data, :class:`galcore.experiments.models.SmallCNN` for images.
-One target, so ``GAL(output_dim=1)``: h maps R^1 -> R^1 (see :func:`one_target_probe`).
+Every split is made before training: train / validation (the epoch compared is the one with the
+lowest validation loss, ``TrainConfig.select="val_loss"``) / test. Runs go through the one
+harness (:func:`galcore.experiments.harness.run_arms`, comparisons by
+:func:`galcore.experiments.harness.compare`).
 """
 
 from __future__ import annotations
@@ -31,101 +32,136 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from galcore.experiments import harness
 from galcore.experiments.datasets import digits_arrays
+from galcore.experiments.harness import Data, Setup, TrainConfig
 from galcore.experiments.models import MLP, SmallCNN
 from galcore.experiments.optim import current_lr, make_optimizer
 from galcore.experiments.profile import Profile, choose
-from galcore.experiments.harness import Data, Setup, TrainConfig, loss_function, paired_table, run
 
 __all__ = [
+    "ARMS",
+    "COMPARISONS",
     "DATASETS",
-    "LOSSES",
+    "ETA",
+    "H_LR",
+    "H_OPTIMIZER",
+    "LR",
     "OPTIMIZERS",
-    "DatasetUnavailable",
+    "RATIO",
+    "RELEASE_ERRORS",
+    "RELEASE_RATIOS",
+    "SUMMARY",
+    "TAIL",
+    "angle_targets",
+    "angles_of",
+    "angular_error",
     "arms_for",
-    "california",
+    "compare_task",
+    "conclusion",
     "default_setup",
     "diabetes",
     "gal_options",
+    "h_probe",
     "load",
-    "one_target_probe",
+    "margin_for",
+    "margin_fraction",
     "plot_curves",
-    "plot_remainders",
-    "remainder_precision",
-    "results_table",
+    "plot_examples",
+    "plot_remainder_ratio",
+    "release_gains",
+    "remainder_ratio",
     "rotate_images",
     "rotated_digits",
     "rotated_digits_arrays",
-    "run_grid",
+    "run_task",
+    "scale_for",
+    "summary_table",
 ]
 
-DATASETS = ("diabetes", "rotated_digits", "california")
-LOSSES = ("mse", "huber")
-OPTIMIZERS = ("momentum", "adam")
+DATASETS = ("rotated_digits", "diabetes")
+OPTIMIZERS = ("adam", "momentum")
+#: the model's learning rate per optimizer (Adam's defaults otherwise; SGD with momentum 0.9)
+LR: dict[str, float] = {"adam": 1e-3, "momentum": 0.01}
 
-#: Learning rate per (dataset, optimizer); SGD with momentum 0.9 and Adam's defaults otherwise.
-LR: dict[str, dict[str, float]] = {
-    "diabetes": {"momentum": 0.01, "adam": 1e-3},
-    "rotated_digits": {"momentum": 0.01, "adam": 1e-3},
-    "california": {"momentum": 0.01, "adam": 1e-3},
+#: GAL's ratio r: each sample's adjustment has norm r |g_i|
+RATIO = 0.1
+#: the tentative step's size eta = lr * scale that h is trained on: scale = ETA / lr per
+#: optimizer. h's objective is that step's remainder, which grows as eta^2 (exactly, for MSE):
+#: at scale 1 its gradient is far below Adam's eps (h_probe measures both), so h's Adam would
+#: barely move it. The model's update does not depend on scale (only a's direction does, through
+#: what h learns); for MSE the tentative step overshoots only beyond eta = B * C.
+ETA = 1.0
+#: how h learns: its own Adam (scale-free steps, like the release's ImageNet code, which gives h
+#: its own optimizer and learning rate ``gal_lr``)
+H_OPTIMIZER = "adam"
+H_LR = 1e-2
+#: the arms: the standard method, GAL with h learning, and GAL with h frozen at its random
+#: initialisation (what GAL is when h learns nothing)
+ARMS = ("standard", "gal", "gal_frozen")
+#: (treatment, control, metric) of every comparison; ``remainder_ratio`` is the mechanism:
+#: does the learned h make the adjusted step's remainder smaller than a random h does?
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("gal", "standard", "test_rmse"),
+    ("gal_frozen", "standard", "test_rmse"),
+    ("gal", "gal_frozen", "test_rmse"),
+    ("gal", "gal_frozen", "remainder_ratio"),
+)
+
+#: GAL's ratio in the release, per setting (GAL.md)
+RELEASE_RATIOS: dict[str, float] = {"CIFAR-10": 1e-3, "CIFAR-100": 1e-2, "ImageNet": 1e-3}
+#: the release's test errors (%), (standard, GAL), per dataset and optimizer (GAL.md); ImageNet
+#: top-1 / top-5 errors are 100 - accuracy
+RELEASE_ERRORS: dict[tuple[str, str], tuple[float, float]] = {
+    ("CIFAR-10", "SGD"): (1.86, 1.78),
+    ("CIFAR-10", "Lookahead(SGD)"): (2.03, 1.89),
+    ("CIFAR-10", "AdaBound"): (3.17, 3.03),
+    ("CIFAR-100", "SGD"): (11.89, 11.26),
+    ("CIFAR-100", "Lookahead(SGD)"): (11.72, 11.42),
+    ("CIFAR-100", "AdaBound"): (14.45, 14.06),
+    ("ImageNet", "RMSprop top-1"): (100 - 77.89, 100 - 78.04),
+    ("ImageNet", "RMSprop top-5"): (100 - 93.91, 100 - 93.95),
 }
-
-TABLE_COLUMNS = [
-    "arm", "dataset", "loss", "optimizer", "metric",
-    "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n",
-]
-
-
-class DatasetUnavailable(RuntimeError):
-    """A dataset that needs a download could not be fetched (no network, no local copy)."""
 
 
 # -- data -----------------------------------------------------------------------------------
-def _standardise(tr: Tensor, te: Tensor, dim: int | None = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(tr - m) / s`` and ``(te - m) / s`` with the training split's mean and std."""
+def _standardise(tr: Tensor, *others: Tensor, dim: int | None = 0) -> tuple[list[Tensor], Tensor, Tensor]:
+    """``(t - m) / s`` for ``tr`` and each of ``others``, with the training split's mean and std."""
     if dim is None:
         m, s = tr.mean(), tr.std()
     else:
         m, s = tr.mean(dim=dim, keepdim=True), tr.std(dim=dim, keepdim=True)
     s = torch.where(s > 0, s, torch.ones_like(s))
-    return (tr - m) / s, (te - m) / s, m, s
+    return [(t - m) / s for t in (tr, *others)], m, s
 
 
-def _tabular(name: str, x: np.ndarray, y: np.ndarray, test_size: float, split_seed: int) -> Data:
+def _split(n: int, fraction: float, seed: int, stratify: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+    """Indices ``(keep, held_out)`` with ``fraction`` of ``n`` rows held out (fixed by ``seed``)."""
     from sklearn.model_selection import train_test_split
 
-    xt = torch.tensor(x, dtype=torch.float32)
-    yt = torch.tensor(y, dtype=torch.float32).reshape(-1, 1)
-    tr, te = train_test_split(np.arange(len(yt)), test_size=test_size, random_state=split_seed)
-    tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
-    x_tr, x_te, _, _ = _standardise(xt[tr_t], xt[te_t])
-    y_tr, y_te, _, y_std = _standardise(yt[tr_t], yt[te_t])
-    return Data(f"{name}-{test_size}-{split_seed}", x_tr, y_tr, x_te, y_te, num_outputs=1, y_scale=float(y_std))
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    keep, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=stratify)
+    return torch.as_tensor(keep), torch.as_tensor(held)
 
 
-def diabetes(test_size: float = 0.25, split_seed: int = 0) -> Data:
-    """Diabetes (bundled): x (N, 10), y (N, 1), both standardised; ``y_scale`` in score units."""
+def diabetes(test_size: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0) -> Data:
+    """scikit-learn's diabetes table (442 patients x 10 features; target a disease-progression
+    score): one output. Test = ``test_size`` of the rows, validation = ``val_fraction`` of the
+    rest. x (N, 10) and y (N, 1) standardised with the training rows' statistics; ``y_scale``
+    is the training target's std (score points)."""
     from sklearn.datasets import load_diabetes
 
     bunch = load_diabetes(scaled=False)
-    return _tabular("diabetes", bunch.data, bunch.target, test_size, split_seed)
-
-
-def california(test_size: float = 0.2, split_seed: int = 0, download: bool = True) -> Data:
-    """California housing (fetched once by scikit-learn): x (N, 8), y (N, 1), standardised;
-    ``y_scale`` in units of $100,000. Raises :class:`DatasetUnavailable` when it cannot be had."""
-    from sklearn.datasets import fetch_california_housing
-
-    try:
-        bunch = fetch_california_housing(download_if_missing=download)
-    except Exception as e:  # OSError, URLError, HTTPError ... depending on what failed
-        raise DatasetUnavailable(
-            "California housing is not in scikit-learn's data folder and could not be downloaded "
-            f"({type(e).__name__}: {e}). Run once on a machine with internet "
-            "(sklearn.datasets.fetch_california_housing()) or copy its cal_housing*.pkz into "
-            "~/scikit_learn_data (or $SCIKIT_LEARN_DATA)."
-        ) from e
-    return _tabular("california", bunch.data, bunch.target, test_size, split_seed)
+    x = torch.tensor(bunch.data, dtype=torch.float32)
+    y = torch.tensor(bunch.target, dtype=torch.float32).reshape(-1, 1)
+    rest, te = _split(len(y), test_size, split_seed)
+    tr_i, va_i = _split(len(rest), val_fraction, split_seed)
+    tr, va = rest[tr_i], rest[va_i]
+    (x_tr, x_va, x_te), _, _ = _standardise(x[tr], x[va], x[te])
+    (y_tr, y_va, y_te), _, y_std = _standardise(y[tr], y[va], y[te])
+    return Data(f"diabetes-{test_size}-{val_fraction}-{split_seed}", x_tr, y_tr, x_te, y_te, num_outputs=1,
+                y_scale=float(y_std), x_val=x_va, y_val=y_va)
 
 
 def rotate_images(images: Tensor, angles_deg: Tensor) -> Tensor:
@@ -151,350 +187,515 @@ def rotate_images(images: Tensor, angles_deg: Tensor) -> Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def angle_targets(angles_deg: Tensor) -> Tensor:
+    """(N,) angles in degrees -> (N, 2) targets ``(cos t, sin t)`` on the unit circle."""
+    t = torch.deg2rad(angles_deg.reshape(-1).to(torch.float32))
+    return torch.stack([torch.cos(t), torch.sin(t)], dim=1)
+
+
+def angles_of(outputs: Tensor) -> Tensor:
+    """(N, 2) predicted ``(cos, sin)`` -> (N,) angles in degrees, ``atan2(sin, cos)``."""
+    if outputs.ndim != 2 or outputs.shape[1] != 2:
+        raise ValueError(f"outputs must be (N, 2) (cos, sin), got {tuple(outputs.shape)}")
+    return torch.rad2deg(torch.atan2(outputs[:, 1], outputs[:, 0]))
+
+
+def angular_error(outputs: Tensor, angles_deg: Tensor) -> Tensor:
+    """(N,) absolute angle between the predicted direction and the true angle, degrees in [0, 180]."""
+    d = angles_of(outputs) - angles_deg.reshape(-1).to(outputs.dtype)
+    return torch.remainder(d + 180.0, 360.0).sub(180.0).abs()
+
+
 def rotated_digits_arrays(
     copies: int = 1,
     size: int = 8,
-    max_angle: float = 45.0,
+    max_angle: float = 90.0,
     angle_seed: int = 0,
     test_size: float = 0.25,
     split_seed: int = 0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Rotated digits before standardisation: ``(x_train, angle_train, x_test, angle_test)``,
-    x (N, 1, size, size) in [0, 1], angles (N, 1) in degrees (counter-clockwise)."""
-    if copies < 1 or size < 8 or max_angle <= 0:
-        raise ValueError("copies >= 1, size >= 8 and max_angle > 0 are required")
-    x_tr, _, x_te, _ = digits_arrays(test_size, split_seed)
+    val_fraction: float = 0.2,
+    eval_copies: int = 1,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Rotated digits before standardisation: ``{"train" | "val" | "test": (x, angle)}``, x
+    (N, 1, size, size) in [0, 1], angle (N,) in degrees (counter-clockwise).
+
+    The digits' stratified train/test split, then ``val_fraction`` of the training digits
+    (stratified) held out for validation, so no digit image is in two splits. Each training
+    digit gives ``copies`` rotated images, each validation and test digit ``eval_copies``
+    (independent angles, uniform in ``[-max_angle, max_angle]``, one generator seeded with
+    ``angle_seed``, drawn train, val, test). ``size`` > 8 upsamples (bilinear) before rotating.
+    """
+    if copies < 1 or eval_copies < 1 or size < 8 or not 0 < max_angle <= 180:
+        raise ValueError("copies >= 1, eval_copies >= 1, size >= 8 and 0 < max_angle <= 180 are required")
+    x_tr, lab_tr, x_te, _ = digits_arrays(test_size, split_seed)
+    keep, held = _split(len(x_tr), val_fraction, split_seed, stratify=lab_tr.numpy())
     gen = torch.Generator().manual_seed(angle_seed)
 
-    def make(x: Tensor) -> tuple[Tensor, Tensor]:
+    def make(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         if size != 8:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        x = x.repeat_interleave(copies, dim=0)
+        x = x.repeat_interleave(k, dim=0)
         ang = (torch.rand(len(x), generator=gen) * 2 - 1) * max_angle
-        return rotate_images(x, ang), ang.reshape(-1, 1)
+        return rotate_images(x, ang), ang
 
-    xr_tr, a_tr = make(x_tr)
-    xr_te, a_te = make(x_te)
-    return xr_tr, a_tr, xr_te, a_te
+    return {"train": make(x_tr[keep], copies), "val": make(x_tr[held], eval_copies), "test": make(x_te, eval_copies)}
 
 
 def rotated_digits(
     copies: int = 1,
     size: int = 8,
-    max_angle: float = 45.0,
+    max_angle: float = 90.0,
     angle_seed: int = 0,
     test_size: float = 0.25,
     split_seed: int = 0,
+    val_fraction: float = 0.2,
+    eval_copies: int = 1,
 ) -> Data:
-    """Digits images rotated by a random angle; predict the angle (degrees, standardised).
+    """Digits rotated by a random angle t; predict ``(cos t, sin t)`` (two outputs).
 
-    Each digit gives ``copies`` rotated images (independent angles, uniform in
-    ``[-max_angle, max_angle]``). ``size`` > 8 upsamples (bilinear) before rotating. Train and
-    test come from the stratified digits split, so no digit image is on both sides.
-    x (N, 1, size, size) standardised (one mean/std over pixels); y (N, 1); ``y_scale`` = the
-    angles' training std in degrees.
+    See :func:`rotated_digits_arrays` for the splits. x (N, 1, size, size) standardised (one
+    pixel mean/std of the training images); y (N, 2) on the unit circle, not standardised
+    (``y_scale = 1``: errors are in units of the circle's radius).
     """
-    xr_tr, a_tr, xr_te, a_te = rotated_digits_arrays(copies, size, max_angle, angle_seed, test_size, split_seed)
-    xr_tr, xr_te, _, _ = _standardise(xr_tr, xr_te, dim=None)
-    y_tr, y_te, _, y_std = _standardise(a_tr, a_te)
-    name = f"rotated_digits-{copies}-{size}-{max_angle:g}-{angle_seed}-{test_size}-{split_seed}"
-    return Data(name, xr_tr, y_tr, xr_te, y_te, num_outputs=1, y_scale=float(y_std))
+    parts = rotated_digits_arrays(copies, size, max_angle, angle_seed, test_size, split_seed, val_fraction, eval_copies)
+    (x_tr, x_va, x_te), _, _ = _standardise(parts["train"][0], parts["val"][0], parts["test"][0], dim=None)
+    y_tr, y_va, y_te = (angle_targets(parts[k][1]) for k in ("train", "val", "test"))
+    name = f"rotated_digits-{copies}-{size}-{max_angle:g}-{angle_seed}-{test_size}-{split_seed}-{val_fraction}-{eval_copies}"
+    return Data(name, x_tr, y_tr, x_te, y_te, num_outputs=2, x_val=x_va, y_val=y_va)
 
 
 def load(dataset: str, profile: Profile | None = None) -> Data:
-    """A dataset by name at the profile's scale (``rotated_digits``: 1 copy at 8x8 in
-    smoke/default, 4 copies at 16x16 in full)."""
+    """A dataset by name at the profile's scale (``rotated_digits``: 8x8, one rotated copy per
+    training digit and two per validation/test digit in smoke/default; 16x16 with 4 copies in
+    full)."""
     if dataset == "diabetes":
         return diabetes()
     if dataset == "rotated_digits":
-        copies, size = choose((1, 8), (1, 8), (4, 16), profile=profile)
-        return rotated_digits(copies=copies, size=size)
-    if dataset == "california":
-        return california()
+        copies, size, eval_copies = choose((1, 8, 2), (1, 8, 2), (4, 16, 4), profile=profile)
+        return rotated_digits(copies=copies, size=size, eval_copies=eval_copies)
     raise ValueError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
 
 
-# -- setup ----------------------------------------------------------------------------------
-def _mlp(in_features: int) -> nn.Module:
-    return MLP(in_features, 1, hidden=(64, 64))
+# -- setup and arms -------------------------------------------------------------------------
+def _mlp(in_features: int, outputs: int) -> nn.Module:
+    return MLP(in_features, outputs, hidden=(64, 64))
 
 
-def _cnn(size: int) -> nn.Module:
-    return SmallCNN(in_channels=1, num_outputs=1, size=size)
+def _cnn(size: int, outputs: int) -> nn.Module:
+    return SmallCNN(in_channels=1, num_outputs=outputs, size=size)
 
 
 def default_setup(profile: Profile | None = None, dataset: str = "diabetes") -> Setup:
-    """The regression experiment for one dataset: data, model factory, standard arm (MSE,
-    SGD with momentum; vary ``loss``/``optimizer``/``lr`` with ``dataclasses.replace``, lr per
-    optimizer in :data:`LR`) and seeds (2 in smoke, 5 in default, 5 in full)."""
+    """The experiment for one dataset (default: the one-output ``diabetes``, the smallest): data,
+    model factory, the standard arm's config (MSE,
+    Adam at :data:`LR`, the epoch with the lowest validation loss reported) and the seeds
+    (3 in smoke, 10 in default and full)."""
     data = load(dataset, profile)
+    c = data.num_outputs
     if dataset == "rotated_digits":
         size = data.x_train.shape[-1]
-        model_fn: Callable[[], nn.Module] = functools.partial(_cnn, size)
-        model_name = f"smallcnn{size}-1"
-        epochs = choose(2, 10, 30, profile=profile)
-        batch = 64
+        model_fn: Callable[[], nn.Module] = functools.partial(_cnn, size, c)
+        model_name = f"smallcnn{size}-{c}"
+        epochs, batch = choose(2, 20, 30, profile=profile), 64
     else:
-        model_fn = functools.partial(_mlp, data.x_train.shape[1])
-        model_name = f"mlp{data.x_train.shape[1]}-64-64-1"
-        if dataset == "california":
-            epochs, batch = choose(2, 20, 30, profile=profile), 256
-        else:
-            epochs, batch = choose(4, 25, 40, profile=profile), 32
-    seeds = tuple(range(choose(2, 5, 5, profile=profile)))
+        model_fn = functools.partial(_mlp, data.x_train.shape[1], c)
+        model_name = f"mlp{data.x_train.shape[1]}-64-64-{c}"
+        epochs, batch = choose(3, 30, 30, profile=profile), 32
+    seeds = tuple(range(choose(3, 10, 10, profile=profile)))
     base = TrainConfig(
-        model=model_name,
-        data=data.name,
-        task="regression",
-        loss="mse",
-        optimizer="momentum",
-        lr=LR[dataset]["momentum"],
-        epochs=epochs,
-        batch_size=batch,
-        seed=seeds[0],
+        model=model_name, data=data.name, task="regression", loss="mse", optimizer="adam", lr=LR["adam"],
+        epochs=epochs, batch_size=batch, seed=seeds[0], select="val_loss",
     )
     return Setup(data=data, model_fn=model_fn, base=base, seeds=seeds)
 
 
-def gal_options(ratio: float = 0.1, compute_dtype: torch.dtype | None = torch.float64, **kw: Any) -> dict[str, Any]:
-    """Keyword arguments for :class:`galcore.GAL` used by the regression notebook.
-
-    ``compute_dtype=float64`` because the output-space remainder of a batch-mean loss is of
-    order ``(lr |g|)^2 B`` with ``|g_i| ~ 1/B``: about 1e-7..1e-9 here, at or below float32's
-    rounding of a loss of order 1. ``track_plain=True`` also records the plain step's remainder.
-    """
-    return {"ratio": ratio, "compute_dtype": compute_dtype, "track_plain": True, **kw}
+def scale_for(optimizer: str) -> float:
+    """GAL's ``scale`` for ``optimizer``: ``ETA / LR[optimizer]`` (the tentative step is eta)."""
+    if optimizer not in LR:
+        raise ValueError(f"optimizer must be one of {', '.join(LR)}, got {optimizer!r}")
+    return ETA / LR[optimizer]
 
 
-# -- running --------------------------------------------------------------------------------
-def arms_for(
-    setup: Setup, loss: str, optimizer: str, gal: Mapping[str, Any] | None = None, dataset: str | None = None
-) -> dict[str, TrainConfig]:
-    """``{"standard": ..., "gal": ...}`` for one loss and optimizer, lr from :data:`LR`."""
-    key = dataset or _dataset_of(setup)
-    base = replace(setup.base, loss=loss, optimizer=optimizer, lr=LR[key][optimizer])
-    return {"standard": base, "gal": replace(base, gal=dict(gal_options() if gal is None else gal))}
+def gal_options(ratio: float = RATIO, scale: float = 1.0, **kw: Any) -> dict[str, Any]:
+    """GAL's options in this notebook: ``ratio``, ``scale`` and ``track_plain=True`` (each step
+    also records the remainder the plain step would have had, for the remainder ratio). The
+    rest are GAL's defaults (release-shaped linear h, exact first-order term, accept only a
+    step that does not raise the batch loss, float64 arithmetic)."""
+    return {"ratio": ratio, "scale": scale, "track_plain": True, **kw}
+
+
+def arms_for(setup: Setup, optimizer: str = "adam", gal: Mapping[str, Any] | None = None) -> dict[str, TrainConfig]:
+    """:data:`ARMS` for one optimizer (lr from :data:`LR`; GAL's options ``gal``, default
+    :func:`gal_options` with :func:`scale_for` the optimizer): ``standard``; ``gal`` (h trained by
+    its own :data:`H_OPTIMIZER` at :data:`H_LR`); ``gal_frozen`` (h kept at its random
+    initialisation, drawn exactly as in ``gal``)."""
+    if optimizer not in LR:
+        raise ValueError(f"optimizer must be one of {', '.join(LR)}, got {optimizer!r}")
+    base = replace(setup.base, optimizer=optimizer, lr=LR[optimizer], gal=None)
+    opts = dict(gal_options(scale=scale_for(optimizer)) if gal is None else gal)
+    return {
+        "standard": base,
+        "gal": replace(base, gal=opts, h_optimizer=H_OPTIMIZER, h_lr=H_LR),
+        "gal_frozen": replace(base, gal=opts, frozen_h=True),
+    }
 
 
 def _dataset_of(setup: Setup) -> str:
-    """The dataset key: data names start with it and a dash (``LR[name.split("-")[0]]``)."""
+    """The dataset key: data names start with it and a dash."""
     return setup.data.name.split("-")[0]
 
 
-def run_grid(
-    setup: Setup,
-    losses: Sequence[str] = LOSSES,
-    optimizers: Sequence[str] = OPTIMIZERS,
-    gal: Mapping[str, Any] | None = None,
-    *,
-    cache: bool = True,
-    progress: bool = True,
+#: the mechanism is compared over the last quarter of the epochs: h starts random and learns
+#: during the run, so the ratio early on says little about what it has learned
+TAIL = 0.25
+
+
+def remainder_ratio(hists: pd.DataFrame, tail: float = TAIL) -> pd.Series:
+    """Per GAL run (arm, seed and any grouping columns present), over its last ``tail`` fraction
+    of epochs (at least the last one; ``tail=1``: all): the mean |remainder| of the adjusted step
+    divided by the mean of the plain step's, on the same batches. 1 = the adjustment leaves the
+    step's first-order error as it was; for MSE a random direction gives about ``1 + r^2`` and h
+    pointing every a_i against g_i gives ``(1 - r)^2``."""
+    if not 0 < tail <= 1:
+        raise ValueError(f"tail must be in (0, 1], got {tail}")
+    keys = [k for k in ("dataset", "optimizer", "arm", "seed") if k in hists.columns]
+    h = hists.dropna(subset=["remainder_abs", "remainder_plain_abs"])
+    last = h.groupby(keys, sort=False)["epoch"].transform("max")
+    h = h[h["epoch"] > last - max(1, round(tail * last.max()))]
+    g = h.groupby(keys, sort=False)
+    return g["remainder_abs"].mean() / g["remainder_plain_abs"].mean()
+
+
+def run_task(
+    setup: Setup, optimizers: Sequence[str] = OPTIMIZERS, *, cache: bool = True, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Standard and GAL for every loss x optimizer x seed of ``setup`` (seeds shared by arms).
+    """Every arm of :func:`arms_for` for every optimizer and seed of ``setup`` (same seeds,
+    initial weights and batches for every arm), through :func:`harness.run_arms`.
 
-    Returns ``(finals, histories)`` like :func:`galcore.experiments.harness.run_arms`, with ``dataset``,
-    ``loss`` and ``optimizer`` columns. Each arm's epoch-mean acceptance rate over the whole
-    run is added to ``finals`` as ``accept_rate_mean``.
-    """
+    Returns ``(finals, histories)`` with ``dataset``, ``outputs`` and ``optimizer`` columns;
+    ``finals`` (one row per run, metrics of the epoch with the lowest validation loss) also
+    has, for GAL runs, ``remainder_ratio`` (:func:`remainder_ratio` over the last :data:`TAIL`
+    of the epochs, what the comparisons use) and ``remainder_ratio_all`` (over every epoch)."""
     dataset = _dataset_of(setup)
-    jobs = [(lo, op, seed, arm, cfg) for lo in losses for op in optimizers
-            for seed in setup.seeds for arm, cfg in arms_for(setup, lo, op, gal, dataset).items()]
-    iterator: Any = jobs
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(jobs, desc=f"{dataset}: runs", mininterval=2.0)
     finals, hists = [], []
-    for lo, op, seed, arm, cfg in iterator:
-        res = run(replace(cfg, seed=seed), setup.data, setup.model_fn, cache=cache)
-        tags = {"dataset": dataset, "loss": lo, "optimizer": op, "arm": arm, "seed": seed}
-        row = {**tags, **res.final, "seconds": res.seconds}
-        if "accept_rate" in res.history[0]:
-            row["accept_rate_mean"] = float(np.mean([h["accept_rate"] for h in res.history]))
-        finals.append(row)
-        hists.extend({**tags, **h} for h in res.history)
-    return pd.DataFrame(finals), pd.DataFrame(hists)
+    for opt in optimizers:
+        f, h = harness.run_arms(arms_for(setup, opt), setup.seeds, setup.data, setup.model_fn, cache=cache,
+                                progress=progress)
+        for df in (f, h):
+            df.insert(0, "optimizer", opt)
+            df.insert(0, "outputs", setup.data.num_outputs)
+            df.insert(0, "dataset", dataset)
+        finals.append(f)
+        hists.append(h)
+    fin, his = pd.concat(finals, ignore_index=True), pd.concat(hists, ignore_index=True)
+    for name, tail in (("remainder_ratio", TAIL), ("remainder_ratio_all", 1.0)):
+        ratio = remainder_ratio(his, tail).rename(name)
+        fin = fin.join(ratio, on=list(ratio.index.names))
+    return fin, his
 
 
-def results_table(
-    finals: pd.DataFrame, metrics: Sequence[str] = ("test_rmse", "test_mae", "test_rmse_orig", "test_mae_orig")
+# -- margins, verdicts, conclusion ------------------------------------------------------------
+def release_gains() -> pd.DataFrame:
+    """The release's results as relative gains: ``(standard - GAL) / standard`` of the test
+    error, per dataset and optimizer (:data:`RELEASE_ERRORS`)."""
+    rows = [{"dataset": d, "optimizer": o, "standard": s, "gal": g, "relative_gain": (s - g) / s}
+            for (d, o), (s, g) in RELEASE_ERRORS.items()]
+    return pd.DataFrame(rows)
+
+
+def margin_fraction(dataset_prefix: str = "CIFAR") -> float:
+    """The equivalence margin as a fraction of the standard arm's error: the smallest relative
+    gain the release reports on the datasets starting with ``dataset_prefix`` (CIFAR: the
+    small-model, small-image setting closest to these tasks). A difference smaller than every
+    gain the release reports there counts as negligible."""
+    gains = release_gains()
+    sel = gains[gains["dataset"].str.startswith(dataset_prefix)]
+    if sel.empty:
+        raise ValueError(f"no release result for datasets starting with {dataset_prefix!r}")
+    return float(sel["relative_gain"].min())
+
+
+def margin_for(metric: str, control_mean: float, ratio: float = RATIO) -> float:
+    """The margin of ``metric``: :func:`margin_fraction` of the control's mean error, or for the
+    remainder ratio 5% of what a perfect h could take off a random h's ratio (``(1 + r^2) -
+    (1 - r)^2 = 2r``), i.e. ``0.1 r``."""
+    if metric == "remainder_ratio":
+        return 0.05 * 2 * ratio
+    return margin_fraction() * abs(control_mean)
+
+
+def compare_task(
+    finals: pd.DataFrame, comparisons: Sequence[tuple[str, str, str]] = COMPARISONS, *, ratio: float = RATIO
 ) -> pd.DataFrame:
-    """Paired ``gal - standard`` per dataset, loss, optimizer and metric (95% CI over seeds),
-    with the columns :data:`TABLE_COLUMNS` (negative ``mean_diff`` = GAL has the lower error)."""
+    """Every comparison (treatment, control, metric) per dataset and optimizer, by
+    :func:`harness.compare`: the paired difference over seeds, ``mde``, ``margin``
+    (:func:`margin_for`), ``verdict``, ``seeds_needed`` at the margin. Lower is better for every
+    metric here; ``ratio`` is GAL's r (it sizes the remainder ratio's margin). Rows gain
+    ``dataset``, ``outputs``, ``optimizer`` and ``setting``."""
     rows = []
-    for (ds, lo, op), group in finals.groupby(["dataset", "loss", "optimizer"], sort=False):
-        for metric in metrics:
-            t = paired_table(group, metric)
-            t["dataset"], t["loss"], t["optimizer"] = ds, lo, op
+    for (ds, c, opt), group in finals.groupby(["dataset", "outputs", "optimizer"], sort=False):
+        for arm, control, metric in comparisons:
+            sub = group[group["arm"].isin([arm, control])]
+            if metric not in sub.columns or sub.loc[sub["arm"] == arm, metric].isna().all():
+                continue
+            if (sub["arm"] == control).sum() == 0 or (sub["arm"] == arm).sum() == 0:
+                continue
+            margin = margin_for(metric, float(sub.loc[sub["arm"] == control, metric].mean()), ratio)
+            t = harness.compare(sub, metric, control=control, margin=margin, lower_is_better=True)
+            t.insert(0, "setting", f"{arm} vs {control}")
+            t.insert(0, "optimizer", opt)
+            t.insert(0, "outputs", int(c))
+            t.insert(0, "dataset", ds)
             rows.append(t)
-    return pd.concat(rows, ignore_index=True)[TABLE_COLUMNS]
+    if not rows:
+        raise ValueError("no comparison could be made: finals lacks the arms of every comparison")
+    return pd.concat(rows, ignore_index=True)
 
 
-# -- what one target means for h ------------------------------------------------------------
-def one_target_probe(setup: Setup, cfg: TrainConfig) -> dict[str, float]:
-    """Train one GAL run (``cfg.gal`` set) by hand and measure what h can do with one target.
+#: summary.csv's columns (report.SUMMARY_COLUMNS with the descriptors first)
+SUMMARY = [
+    "dataset", "outputs", "optimizer", "setting", "arm", "control", "metric", "mean_control", "mean_treatment",
+    "mean_diff", "low", "high", "p_value", "n", "sd_diff", "mde", "margin", "verdict", "seeds_needed",
+]
 
-    With ``output_dim = 1`` GAL normalises ``a_i = r |g_i| h(x_i) / |h(x_i)|``: the adjustment
-    is ``±r |g_i|``, a per-sample gradient scale of ``1 + r`` or ``1 - r``, picked by the sign
-    of h. That sign has zero derivative, so the remainder objective gives h no gradient.
 
-    Returns (host floats, read once at the end):
-        ``unit_fraction``: fraction of samples with ``|a_i| = r |g_i|`` (to 1e-6 relative).
-        ``h_grad_norm`` / ``model_grad_norm``: largest gradient norm h / the model received.
-        ``h_drift``: largest absolute change of any h parameter over the run.
-        ``shrink_fraction``: fraction of samples whose step was shrunk (``sign a_i != sign g_i``).
-        ``h_positive_fraction``: fraction of predictions on h's positive side.
-        ``h_slope``, ``h_intercept``, ``h_threshold``: h as the affine map it is (no activation).
-        ``accept_rate``; ``test_rmse``: final test RMSE (standardised).
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`compare_task`'s rows with :data:`SUMMARY`'s columns, for ``summary.csv``."""
+    return table[SUMMARY].reset_index(drop=True)
+
+
+def _fmt(v: float) -> str:
+    return "inf" if v == math.inf else f"{v:.3g}"
+
+
+def _counts(verdicts: pd.Series) -> str:
+    """``"2 equivalent, 1 inconclusive"``: how many rows have each verdict."""
+    return ", ".join(f"{n} {v}" for v, n in verdicts.value_counts().items())
+
+
+def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """The notebook's conclusion, computed from :func:`compare_task`'s verdicts (and
+    :func:`h_probe`'s measurements, keyed by a label): a headline per question, then per dataset
+    and optimizer the numbers behind each verdict, with what this many seeds can resolve."""
+    rmse = table[(table["setting"] == "gal vs standard") & (table["metric"] == "test_rmse")]
+    mech = table[(table["setting"] == "gal vs gal_frozen") & (table["metric"] == "remainder_ratio")]
+    multi, single = rmse[rmse["outputs"] > 1], rmse[rmse["outputs"] == 1]
+    head = []
+    if len(multi):
+        head.append(
+            f"**GAL vs standard, test RMSE with {', '.join(sorted({str(int(c)) for c in multi['outputs']}))} outputs** "
+            f"(at the epoch with the lowest validation loss), {len(multi)} settings: {_counts(multi['verdict'])}. "
+            + ("Where equivalent, GAL's effect lies within ±margin, a difference smaller than every gain the release "
+               f"reports on CIFAR ({100 * margin_fraction():.2f}% of the error and up). "
+               if (multi["verdict"] == "equivalent").any() else "")
+            + ("Where inconclusive, the smallest detectable difference (mde) is larger than the margin: more seeds are "
+               "needed (`seeds_needed`). " if (multi["verdict"] == "inconclusive").any() else "")
+        )
+    m_multi = mech[mech["outputs"] > 1]
+    if len(m_multi):
+        better = m_multi["verdict"] == "better"
+        lvf = table[(table["setting"] == "gal vs gal_frozen") & (table["metric"] == "test_rmse") & (table["outputs"] > 1)]
+        moved = any(p["outputs"] > 1 and p["h_grad_max"] > 0 and p["h_drift"] > 0 for p in (probes or {}).values())
+        why = ("For MSE that remainder is exactly |delta|^2/(B·C), which h can lower only by pointing a_i against g_i, "
+               "i.e. by predicting the direction of the residual from the model's output alone; doing so shortens the "
+               "model's step by at most a fraction r. ")
+        rmse_lvf = f"On test RMSE, learned vs frozen h: {_counts(lvf['verdict'])}. " if len(lvf) else ""
+        if better.all():
+            found = ("The learned h lowers the remainder in every setting (by "
+                     f"{', '.join(f'{-d:.3f}' for d in m_multi['mean_diff'])} of the plain step's). ")
+        elif better.any():
+            found = "The learned h lowers the remainder in some settings only (the list below). "
+        else:
+            found = (("h receives a gradient and its weights move (below), but " if moved else "")
+                     + "in no setting is the adjusted step's remainder shown to be smaller with the learned h than "
+                     "with a random one. ")
+        head.append(
+            "**Does the learned h shorten the step's remainder, compared with a frozen random h** (last "
+            f"{100 * TAIL:g}% of the epochs)? {_counts(m_multi['verdict'])}. " + found + rmse_lvf + why
+        )
+    if len(single):
+        frozen = table[(table["setting"] == "gal vs gal_frozen") & (table["metric"] == "test_rmse") & (table["outputs"] == 1)]
+        head.append(
+            f"**One output:** GAL vs standard {_counts(single['verdict'])}; learned vs frozen h {_counts(frozen['verdict'])}"
+            + (": h never changes (its gradient is that of a sign, zero), so GAL is a fixed random rescaling of each "
+               "sample's gradient by 1 ± r. " if len(frozen) and (frozen["verdict"] == "identical").all() else ". ")
+        )
+    lines = []
+    for (ds, c, opt), g in table.groupby(["dataset", "outputs", "optimizer"], sort=False):
+        g = g.set_index(["setting", "metric"])
+        parts = []
+        key = ("gal vs standard", "test_rmse")
+        if key in g.index:
+            r = g.loc[key]
+            parts.append(
+                f"GAL vs standard: **{r['verdict']}** (test RMSE {r['mean_control']:.4f} -> {r['mean_treatment']:.4f}, "
+                f"difference {r['mean_diff']:+.4f}, 95% CI [{r['low']:+.4f}, {r['high']:+.4f}]; mde {_fmt(r['mde'])}, "
+                f"margin {_fmt(r['margin'])}; {_fmt(r['seeds_needed'])} seeds would detect a margin-sized difference, "
+                f"{int(r['n'])} were run)"
+            )
+        key = ("gal_frozen vs standard", "test_rmse")
+        if key in g.index:
+            r = g.loc[key]
+            parts.append(f"GAL with a frozen h vs standard: **{r['verdict']}** (difference {r['mean_diff']:+.4f}, "
+                         f"mde {_fmt(r['mde'])})")
+        key = ("gal vs gal_frozen", "test_rmse")
+        if key in g.index:
+            r = g.loc[key]
+            parts.append(f"learned vs frozen h: **{r['verdict']}** (difference {r['mean_diff']:+.4f}, mde {_fmt(r['mde'])})")
+        key = ("gal vs gal_frozen", "remainder_ratio")
+        if key in g.index:
+            r = g.loc[key]
+            parts.append(
+                f"|remainder| of the adjusted step over the plain one (last {100 * TAIL:g}% of the epochs), learned vs "
+                f"frozen h: **{r['verdict']}** "
+                f"({r['mean_control']:.3f} -> {r['mean_treatment']:.3f}, mde {_fmt(r['mde'])}, margin {_fmt(r['margin'])})"
+            )
+        lines.append(f"- {ds} (C = {int(c)}), {opt}: " + "; ".join(parts) + ".")
+    for label, p in (probes or {}).items():
+        lines.append(
+            f"- h in {label} (C = {int(p['outputs'])}): largest gradient norm {p['h_grad_max']:.2e} "
+            f"(the model's median {p['model_grad_median']:.2e}), largest change of an h weight {p['h_drift']:.2e}."
+        )
+    return "\n\n".join(h.strip() for h in head) + "\n\n" + "\n".join(lines)
+
+
+# -- what h receives ----------------------------------------------------------------------------
+def h_probe(cfg: TrainConfig, setup: Setup, *, epochs: int | None = None) -> dict[str, float]:
+    """Train one GAL run by hand, as :func:`harness.run` trains ``cfg`` (same seeding, h drawn by
+    :func:`harness.build_gal`, same optimizers and batches), and measure what h receives.
+
+    Returns host floats (read once at the end):
+        ``outputs``: C. ``steps``: optimizer steps.
+        ``h_grad_median`` / ``h_grad_max``: the norm of h's gradient (all its parameters) per
+        step, median and largest. ``model_grad_median``: the model's, for scale.
+        ``h_drift``: the largest absolute change of any h weight over the run.
+        ``h_eps``: the ``eps`` of h's optimizer when it has one (Adam: steps are about
+        ``lr * grad / (|grad| + eps)``, so a gradient far below eps barely moves h), else NaN.
+        ``accept_rate``; ``remainder_ratio``: mean |remainder| of the adjusted steps over the
+        plain steps' (needs ``track_plain``); ``test_rmse`` at the last epoch.
     """
-    from galcore.gal import GAL
-
     if cfg.gal is None:
-        raise ValueError("cfg must be a GAL arm")
+        raise ValueError("cfg must be a GAL arm (cfg.gal set)")
+    data = setup.data
     torch.manual_seed(cfg.seed)
     model = setup.model_fn()
-    opts = dict(cfg.gal)
-    h_seed = opts.pop("h_seed", 10_000 + cfg.seed)
-    opts.pop("frozen_h", None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(h_seed)
-        gal = GAL(1, **opts)
+    gal = harness.build_gal(cfg, model, data.num_outputs, torch.device("cpu"))
+    assert gal is not None and not isinstance(gal, harness.ParamGAL)
+    h_params = [p for p in gal.h.parameters() if p.requires_grad]
     h0 = [p.detach().clone() for p in gal.h.parameters()]
-    opt = make_optimizer(cfg.optimizer, [{"params": list(model.parameters())}, {"params": list(gal.h.parameters())}],
-                         cfg.lr, **dict(cfg.optimizer_kwargs))
-    loss_fn = loss_function(cfg.loss)
-    x, y = setup.data.x_train, setup.data.y_train
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    h_opt = None
+    if h_params and cfg.h_optimizer is None and cfg.h_lr is None:
+        groups.append({"params": h_params})
+    elif h_params:
+        h_opt = make_optimizer(cfg.h_optimizer or "momentum", h_params, cfg.h_lr if cfg.h_lr is not None else cfg.lr)
+    opt = make_optimizer(cfg.optimizer, groups, cfg.lr, **dict(cfg.optimizer_kwargs))
+    loss_fn = harness.loss_function(cfg.loss)
+    x, y = data.x_train, data.y_train
     gen = torch.Generator().manual_seed(cfg.seed)
-    unit, shrink, positive, count = (torch.zeros((), dtype=torch.float64) for _ in range(4))
-    h_gn, m_gn, acc, steps = (torch.zeros((), dtype=torch.float64) for _ in range(4))
-    r = float(opts.get("ratio", gal.ratio))
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
+    h_norms, m_norms, accepted, rem, rem_plain = [], [], [], [], []
+    zero = torch.zeros((), dtype=torch.float64)
+    for _ in range(cfg.epochs if epochs is None else epochs):
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
             opt.zero_grad(set_to_none=True)
-            out = model(x[idx])
-            o = out.detach().double()
+            if h_opt is not None:
+                h_opt.zero_grad(set_to_none=True)
+            rec = gal.backward(model(x[idx]), lambda o, yb=y[idx]: loss_fn(o, yb), current_lr(opt))
             with torch.no_grad():
-                hv = gal.h(o.to(next(gal.h.parameters()).dtype)).double()
-            rec = gal.backward(out, lambda z, yb=y[idx]: loss_fn(z, yb), current_lr(opt))
-            o0 = o.clone().requires_grad_(True)
-            g = torch.autograd.grad(loss_fn(o0, y[idx].double()), o0)[0]
-            with torch.no_grad():
-                a = r * g.abs() * torch.sign(hv)
-                nz = g.abs() > 0
-                unit += ((a.abs() - r * g.abs()).abs() <= 1e-6 * r * g.abs()).double().sum()
-                shrink += ((torch.sign(a) != torch.sign(g)) & nz).double().sum()
-                positive += (hv > 0).double().sum()
-                count += len(idx)
-                hg = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in gal.h.parameters() if p.grad is not None))
-                mg = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
-                h_gn = torch.maximum(h_gn, hg)
-                m_gn = torch.maximum(m_gn, mg)
-                acc += rec.accepted.double()
-                steps += 1
+                h_norms.append(torch.sqrt(sum(((p.grad.double() ** 2).sum() for p in h_params if p.grad is not None), zero)))
+                m_norms.append(torch.sqrt(sum(((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None), zero)))
+            accepted.append(rec.accepted)
+            rem.append(rec.remainder.abs())
+            rem_plain.append(rec.remainder_plain.abs() if rec.remainder_plain is not None else torch.tensor(float("nan")))
             opt.step()
+            if h_opt is not None:
+                h_opt.step()
     with torch.no_grad():
         drift = max(float((p - p0).abs().max()) for p, p0 in zip(gal.h.parameters(), h0, strict=True))
-        pdt = next(gal.h.parameters()).dtype
-        b = float(gal.h(torch.zeros(1, 1, dtype=pdt)))
-        w = float(gal.h(torch.ones(1, 1, dtype=pdt))) - b
         model.eval()
-        err = model(setup.data.x_test) - setup.data.y_test
-        rmse = float(err.pow(2).mean().sqrt())
-    n = float(count)
+        rmse = float((model(data.x_test) - data.y_test).pow(2).mean().sqrt())
+    hn, mn = torch.stack(h_norms), torch.stack(m_norms)
+    eps = float(h_opt.defaults.get("eps", math.nan)) if h_opt is not None else math.nan
     return {
-        "unit_fraction": float(unit) / n,
-        "shrink_fraction": float(shrink) / n,
-        "h_positive_fraction": float(positive) / n,
-        "h_grad_norm": float(h_gn),
-        "model_grad_norm": float(m_gn),
+        "outputs": float(data.num_outputs),
+        "steps": float(len(h_norms)),
+        "h_grad_median": float(hn.median()),
+        "h_grad_max": float(hn.max()),
+        "model_grad_median": float(mn.median()),
         "h_drift": drift,
-        "h_slope": w,
-        "h_intercept": b,
-        "h_threshold": -b / w if w != 0 else math.nan,
-        "accept_rate": float(acc) / float(steps),
+        "h_eps": eps,
+        "accept_rate": float(torch.stack(accepted).double().mean()),
+        "remainder_ratio": float(torch.stack(rem).double().mean() / torch.stack(rem_plain).double().mean()),
         "test_rmse": rmse,
     }
 
 
-def remainder_precision(setup: Setup, cfg: TrainConfig) -> dict[str, float]:
-    """The plain step's output-space remainder on the first training batch at initialisation,
-    computed by GAL in float32 and in float64, against its exact value.
-
-    For the MSE batch mean ``L = mean_i e_i^2`` the loss is quadratic in the outputs, so the
-    remainder of the step ``delta = eta g`` is exactly ``sum_i delta_i^2 / B``. Returns that
-    value, GAL's float32 and float64 results, their relative errors and float32's spacing
-    (``eps * loss``) at the loss.
-    """
-    from galcore.gal import GAL
-
-    torch.manual_seed(cfg.seed)
-    model = setup.model_fn()
-    xb, yb = setup.data.x_train[: cfg.batch_size], setup.data.y_train[: cfg.batch_size]
-    with torch.no_grad():
-        out = model(xb)
-    eta = cfg.lr
-    res: dict[str, float] = {}
-    for label, dt in (("float32", None), ("float64", torch.float64)):
-        gal = GAL(1, ratio=0.0, compute_dtype=dt, track_plain=True)
-        rec = gal.backward(out.clone().requires_grad_(True), lambda o: F.mse_loss(o, yb.to(o.dtype)), eta)
-        res[f"remainder_{label}"] = float(rec.remainder_plain)  # type: ignore[arg-type]
-        res["loss"] = float(rec.loss)
-    e = out.double() - yb.double()
-    g = 2 * e / e.numel()
-    exact = float(((eta * g) ** 2).sum() / e.numel())
-    res["remainder_exact"] = exact
-    for label in ("float32", "float64"):
-        res[f"rel_error_{label}"] = abs(res[f"remainder_{label}"] - exact) / exact
-    res["float32_spacing"] = float(torch.finfo(torch.float32).eps) * res["loss"]
-    return res
-
-
-def plot_curves(hists: pd.DataFrame, metric: str = "test_rmse", ylabel: str | None = None) -> Any:
-    """One panel per (dataset, loss, optimizer): mean over seeds of ``metric`` per epoch for
-    each arm, with a band of +-1 standard deviation over seeds. Returns the figure."""
+# -- figures ----------------------------------------------------------------------------------
+def plot_examples(x: Tensor, angles: Tensor, n: int = 8) -> Any:
+    """The first ``n`` rotated digits (x (N, 1, s, s), angles (N,) degrees), each titled with its
+    angle and with the target direction ``(cos t, sin t)`` drawn as an arrow. Returns the figure."""
     import matplotlib.pyplot as plt
 
-    groups = list(hists.groupby(["dataset", "loss", "optimizer"], sort=False))
-    ncol = 4
-    nrow = math.ceil(len(groups) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False)
-    for ax, ((ds, lo, op), g) in zip(axes.flat, groups):
-        for arm, color in (("standard", "tab:blue"), ("gal", "tab:red")):
-            stats = g[g["arm"] == arm].groupby("epoch")[metric].agg(["mean", "std"])
-            ax.plot(stats.index, stats["mean"], color=color, label=arm)
-            ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0), stats["mean"] + stats["std"].fillna(0),
-                            color=color, alpha=0.2)
-        ax.set_title(f"{ds} / {lo} / {op}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel or metric)
-    for ax in list(axes.flat)[len(groups):]:
+    fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.7))
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        s = x.shape[-1]
+        ax.imshow(x[i, 0], cmap="gray_r")
+        t = math.radians(float(angles[i]))
+        c = (s - 1) / 2
+        ax.annotate("", xy=(c + 0.45 * s * math.cos(t), c - 0.45 * s * math.sin(t)), xytext=(c, c),
+                    arrowprops={"arrowstyle": "->", "color": "tab:red", "lw": 1.5})
+        ax.set_title(f"{float(angles[i]):+.0f}°", fontsize=8)
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+_COLORS = {"standard": "tab:blue", "gal": "tab:red", "gal_frozen": "tab:gray"}
+
+
+def plot_curves(hists: pd.DataFrame, finals: pd.DataFrame, metric: str = "test_rmse") -> Any:
+    """One panel per (dataset, optimizer): ``metric`` per epoch, mean over seeds, per arm, with
+    each arm's mean selected epoch (lowest validation loss) marked. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    groups = list(hists.groupby(["dataset", "optimizer"], sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.1), squeeze=False)
+    for ax, ((ds, opt), g) in zip(axes.flat, groups, strict=True):
+        for arm, color in _COLORS.items():
+            m = g[g["arm"] == arm].groupby("epoch")[metric].mean()
+            if m.empty:
+                continue
+            ax.plot(m.index, m.to_numpy(), color=color, label=arm)
+            sel = finals[(finals["dataset"] == ds) & (finals["optimizer"] == opt) & (finals["arm"] == arm)]
+            if "best_epoch" in sel and len(sel):
+                e = round(float(sel["best_epoch"].mean()))
+                ax.plot([e], [m.loc[e]], "o", color=color, ms=5)
+        ax.set_title(f"{ds} / {opt}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_remainders(hists: pd.DataFrame) -> Any:
-    """GAL arm: epoch-mean |remainder| of the adjusted step and of the plain step (same batch,
-    same point; log scale), mean over seeds, one panel per (dataset, loss, optimizer)."""
+def plot_remainder_ratio(hists: pd.DataFrame) -> Any:
+    """Per (dataset, optimizer): epoch mean |remainder| of the adjusted step over the plain
+    step's, mean over seeds, learned h vs frozen h. Returns the figure."""
     import matplotlib.pyplot as plt
 
-    gal = hists[hists["arm"] == "gal"]
-    groups = list(gal.groupby(["dataset", "loss", "optimizer"], sort=False))
-    ncol = 4
-    nrow = math.ceil(len(groups) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False)
-    for ax, ((ds, lo, op), g) in zip(axes.flat, groups):
-        m = g.groupby("epoch")[["remainder_abs", "remainder_plain_abs"]].mean()
-        ax.semilogy(m.index, m["remainder_abs"], color="tab:red", label="with adjustment (g + a)")
-        ax.semilogy(m.index, m["remainder_plain_abs"], color="k", ls="--", label="without (g)")
-        ax.set_title(f"{ds} / {lo} / {op}", fontsize=9)
+    gal = hists[hists["arm"].isin(["gal", "gal_frozen"])].dropna(subset=["remainder_abs", "remainder_plain_abs"])
+    groups = list(gal.groupby(["dataset", "optimizer"], sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.1), squeeze=False)
+    for ax, ((ds, opt), g) in zip(axes.flat, groups, strict=True):
+        for arm in ("gal", "gal_frozen"):
+            a = g[g["arm"] == arm]
+            ratio = (a["remainder_abs"] / a["remainder_plain_abs"]).groupby(a["epoch"]).mean()
+            ax.plot(ratio.index, ratio.to_numpy(), color=_COLORS[arm], label=arm)
+        ax.axhline(1.0, color="k", lw=0.7)
+        ax.set_title(f"{ds} / {opt}", fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("|remainder|")
-    for ax in list(axes.flat)[len(groups):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+        ax.set_ylabel("|R adjusted| / |R plain|")
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -1,9 +1,10 @@
-"""``results/summary.md``: each task's GAL-vs-standard table, gathered, with the environment.
+"""``results/summary.md``: each task's conclusion and comparison table, gathered, with the environment.
 
-Every experiment notebook writes ``results/<notebook-stem>/summary.csv`` with (at least) the
-columns of :data:`SUMMARY_COLUMNS`: one row per compared setting, the paired difference
-GAL - standard over seeds with its confidence interval. This module renders them in notebook
-order, and ``python -m galcore.experiments.report --readme README.md`` copies the result into the README
+Every experiment notebook writes ``results/<notebook-stem>/summary.csv`` with the columns of
+:data:`SUMMARY_COLUMNS` (one row per compared setting: the paired difference treatment -
+control over seeds, its interval, the smallest detectable effect, the margin and the verdict;
+:func:`galcore.experiments.harness.compare` builds them) and ``conclusion.md`` (a few computed
+sentences). This module renders them in notebook order, and ``python -m galcore.experiments.report --readme README.md`` copies the result into the README
 between the markers ``<!-- results:begin -->`` and ``<!-- results:end -->``.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -19,94 +21,129 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["SUMMARY_COLUMNS", "environment", "render_summary", "update_readme", "write_summary"]
+__all__ = ["PACKAGES", "SUMMARY_COLUMNS", "environment", "render_summary", "update_readme", "write_summary"]
 
-#: columns every ``summary.csv`` provides (extra columns are kept in the CSV, not rendered)
-SUMMARY_COLUMNS = ["metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n"]
+#: columns every ``summary.csv`` provides (extra columns are kept in the CSV, not rendered);
+#: ``outputs`` (the number of model outputs C) may be left empty where it does not apply
+SUMMARY_COLUMNS = [
+    "metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n",
+    "mde", "margin", "verdict", "seeds_needed", "outputs",
+]
 #: columns that say which comparison a row is, rendered first when present
-DESCRIPTORS = ["setting", "study", "factor", "best", "data", "dataset", "arch", "model", "loss", "optimizer"]
+DESCRIPTORS = ["task", "setting", "study", "factor", "best", "data", "dataset", "arch", "model", "loss", "optimizer", "arm"]
 #: optional extra columns rendered after the statistics
 EXTRAS = ["overhead_ratio", "accept_rate"]
+#: the packages whose versions the environment record lists (distribution names)
+PACKAGES = (
+    "torch", "torchvision", "ultralytics", "numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "mnist1d",
+    "torch-optimizer", "lightning", "jupyterlab", "ipywidgets", "tqdm", "nbclient",
+)
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+HOW_TO_READ = (
+    "Each row compares a treatment (GAL, or in the ablations a setting of GAL) with its control "
+    "(the standard method, or the study's control setting) on the same seeds, initial weights and "
+    "data order. `mean_diff` is the mean paired difference treatment - control of `metric` over "
+    "`n` seeds, `low`/`high` its 95% confidence interval (Student's t). `mde` is the smallest true "
+    "difference this many seeds detect with 80% power (two-sided 5% paired t-test, from the "
+    "observed spread of the differences); `margin` is the difference the task counts as "
+    "negligible, and `seeds_needed` the seeds that would give 80% power at that size. "
+    "`verdict`: `better` or `worse` when the interval excludes 0; `equivalent` when two one-sided "
+    "tests place the difference within ±`margin`; `identical` when the final weights are "
+    "bit-identical on every seed (the arms are the same computation); otherwise `inconclusive` "
+    "(this experiment cannot tell; compare `mde` with `margin`)."
+)
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def environment(profile: str | None = None) -> dict[str, Any]:
-    """What the results ran on: versions, device, date, profile."""
+    """What the results ran on: date, profile, galcore and Python versions, device, CPU cores
+    and the version of every package in :data:`PACKAGES` (``"not installed"`` when absent)."""
     import torch
 
     import galcore
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    cores = os.cpu_count()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile or os.environ.get("GALCORE_PROFILE", "default"),
         "galcore": galcore.__version__,
-        "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device,
+        "cores": cores,
+        "packages": {name: _version(name) for name in PACKAGES},
     }
+
+
+def _environment_line(env: dict[str, Any]) -> str:
+    head = ", ".join(f"{k} {v}" for k, v in env.items() if k != "packages")
+    packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
+    return f"Environment: {head}; packages: {packages}."
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}".rstrip("0").rstrip(".")
+        if pd.isna(v):
+            return ""
+        if v in (float("inf"), float("-inf")):
+            return "inf" if v > 0 else "-inf"
+        if v == int(v) and abs(v) < 1e6:
+            return str(int(v))
+        return f"{v:.3g}" if abs(v) < 1e-3 else f"{v:.4f}".rstrip("0").rstrip(".")
     return str(v)
 
 
-def _verdict(low: Any, high: Any) -> str:
-    if pd.isna(low) or pd.isna(high):
-        return "n/a"
-    if low > 0:
-        return "higher (CI excludes 0)"
-    if high < 0:
-        return "lower (CI excludes 0)"
-    return "no significant difference"
-
-
 def _table(df: pd.DataFrame) -> str:
+    if "verdict" not in df.columns:  # a table written before verdicts: say so rather than guess
+        df = df.assign(verdict="n/a")
     cols = [c for c in DESCRIPTORS + SUMMARY_COLUMNS + EXTRAS if c in df.columns]
-    rows = ["| " + " | ".join(cols + ["verdict"]) + " |", "|" + "---|" * (len(cols) + 1)]
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        rows.append("| " + " | ".join(_fmt(r[c]) for c in cols) + f" | {_verdict(r.get('low'), r.get('high'))} |")
+        rows.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
     return "\n".join(rows)
 
 
 def render_summary(results: Path, profile: str | None = None, run_log: dict[str, Any] | None = None) -> str:
-    """The markdown text of the summary for the ``results`` folder."""
+    """The markdown text of the summary for the ``results`` folder: environment, how to read
+    the tables, the run log, then per notebook folder (name order) its ``conclusion.md`` and
+    its ``summary.csv`` table."""
     env = environment(profile)
-    parts = [
-        "# galcore results",
-        "",
-        "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".",
-        "",
-        "Each row compares a treatment (GAL, or in the ablations a setting of GAL) with its control "
-        "(the standard method, or the study's control setting) on the same seeds, initial weights "
-        "and data order: `mean_diff` is the mean paired difference treatment - control of `metric`, "
-        "`low`/`high` its 95% confidence interval (Student's t over seeds); the verdict says whether "
-        "the treatment's metric is higher or lower with the interval excluding 0 (for errors and "
-        "losses lower is better, for accuracy higher).",
-    ]
+    parts = ["# galcore results", "", _environment_line(env), "", HOW_TO_READ]
     if run_log:
-        parts += ["", "| notebook | status | time |", "|---|---|---|"]
+        parts += ["", "| notebook | status | time | CPU |", "|---|---|---|---|"]
         for nb in run_log.get("notebooks", []):
             status = "ok" if nb["ok"] else f"failed at cell {nb.get('failed_cell')}: {nb.get('error')}"
-            parts.append(f"| {nb['name']} | {status} | {nb['seconds'] / 60:.1f} min |")
-    tables = sorted(p for p in results.glob("*/summary.csv"))
-    if not tables:
+            cpu = nb.get("cpu_seconds")
+            cpu_text = f"{cpu / 60:.1f} min" if isinstance(cpu, (int, float)) else ""
+            parts.append(f"| {nb['name']} | {status} | {nb['seconds'] / 60:.1f} min | {cpu_text} |")
+    folders = sorted({p.parent for p in (*results.glob("*/summary.csv"), *results.glob("*/conclusion.md"))})
+    if not folders:
         parts += ["", "No result tables were found."]
-    for path in tables:
-        df = pd.read_csv(path)
-        title = path.parent.name
-        parts += ["", f"## {title}", "", _table(df)]
+    for folder in folders:
+        parts += ["", f"## {folder.name}"]
+        conclusion = folder / "conclusion.md"
+        if conclusion.is_file() and conclusion.read_text().strip():
+            parts += ["", conclusion.read_text().strip()]
+        table = folder / "summary.csv"
+        if table.is_file():
+            parts += ["", _table(pd.read_csv(table))]
     return "\n".join(parts) + "\n"
 
 
 def write_summary(results: Path, profile: str | None = None, run_log: dict[str, Any] | None = None) -> Path:
-    """Write ``results/summary.md`` (and ``environment.json``); return its path."""
+    """Write ``results/summary.md`` and ``results/environment.json``; return the summary's path."""
     results.mkdir(parents=True, exist_ok=True)
     if run_log is None and (results / "run_log.json").is_file():
         run_log = json.loads((results / "run_log.json").read_text())
-    text = render_summary(results, profile or (run_log or {}).get("profile"), run_log)
+    profile = profile or (run_log or {}).get("profile")
+    text = render_summary(results, profile, run_log)
     (results / "environment.json").write_text(json.dumps(environment(profile), indent=2))
     out = results / "summary.md"
     out.write_text(text)

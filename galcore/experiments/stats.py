@@ -112,7 +112,10 @@ def paired_power(effect: float, sd_diff: float, n: int, alpha: float = 0.05) -> 
     df = n - 1
     crit = stats.t.ppf(1 - alpha / 2, df)
     nc = effect * math.sqrt(n) / sd_diff
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # P(T > crit) + P(T < -crit), the second as P(-T > crit) with -T ~ nct(df, -nc): scipy's
+    # cdf far in a tail can be NaN where the mirrored sf is a clean 0
+    upper, lower = stats.nct.sf(crit, df, nc), stats.nct.sf(crit, df, -nc)
+    return float(min(1.0, np.nan_to_num(upper) + np.nan_to_num(lower)))
 
 
 def _check_power(target: float) -> float:
@@ -159,7 +162,7 @@ def seeds_needed(sd_diff: float, effect: float, power: float = 0.8, alpha: float
         raise ValueError(f"sd_diff must be >= 0, got {sd_diff}")
     if sd_diff == 0:
         return 2
-    ok = lambda n: paired_power(abs(effect), sd_diff, n, alpha) >= target  # noqa: E731
+    ok = lambda n: paired_power(abs(effect), sd_diff, n, alpha) >= target
     lo, hi = 2, 2
     while not ok(hi):
         lo, hi = hi, hi * 2

@@ -7,20 +7,27 @@ The surface (GAL.md, ``3d_example/`` of the release)::
 is minimised from ``(0.75, 1.0)`` by one of five optimizers with the release's settings
 (:data:`TOY_SETTINGS`), with or without :class:`galcore.ParamGAL` adjusting the gradient of the
 2-vector ``(x, y)``. :func:`run_toy` records the trajectory, the loss at every point, GAL's
-acceptance decisions and tentative-step remainders, and the Taylor remainder of every real
-optimizer step (:func:`galcore.remainder_terms`, in float64).
+acceptance decisions, its tentative steps (length, remainder, h's objective), and the Taylor
+remainder of every real optimizer step (:func:`galcore.remainder_terms`, in float64).
 
-As in the release, h (2 -> 64 -> 24 -> 2, linear, Xavier-uniform weights, zero biases) is
-trained by the same optimizer as ``(x, y)``. Differences from the release: Lookahead and
-AdaBound come from ``torch-optimizer`` (via :func:`galcore.experiments.optim.make_optimizer`), and the
-first-order term of h's objective is ParamGAL's exact sum ``<delta, g>`` (the release takes
-the mean over the two coordinates, i.e. half of it).
+As in the release, h (2 -> 64 -> 24 -> 2, linear, Xavier-uniform weights, zero biases, drawn
+after ``torch.manual_seed(seed)``: :func:`release_toy_h`) is trained by the same optimizer as
+``(x, y)``, the tentative step uses the optimizer's ``lr`` times ``gal_scale``, and by default
+h's objective takes the first-order term as the release does (``first_order="mean"``: the mean
+of ``delta * g`` over the two coordinates, half the inner product); ``first_order="sum"`` is the
+exact Taylor term. With ``dtype=torch.float64`` (the default) the trajectories equal the
+release's loop step for step (``tests/test_release_toy.py``); the release computes in float32
+(``dtype=torch.float32``), where acceptance ties at the rounding level make runs part after a
+few dozen steps. Lookahead and AdaBound come from ``torch-optimizer``
+(:func:`galcore.experiments.optim.make_optimizer`): its AdaBound is the release's arithmetic,
+its Lookahead the release's rule with the interpolation written ``alpha fast + (1 - alpha)
+slow`` instead of ``slow + alpha (fast - slow)`` (equal up to rounding).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -29,8 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from galcore.adjuster import make_adjuster
-from galcore.gal import ParamGAL
 from galcore.experiments.optim import current_lr, make_optimizer
+from galcore.gal import ParamGAL
 from galcore.remainder import remainder_terms
 
 __all__ = [
@@ -42,8 +49,10 @@ __all__ = [
     "nearest_minimum",
     "release_toy_h",
     "run_toy",
+    "steps_to",
     "surface",
     "surface_grid",
+    "toy_summary",
 ]
 
 #: The release's starting point (x, y).
@@ -131,8 +140,13 @@ class ToyRun:
         seed: the seed of h (``None`` for a plain run).
         positions: ``(T + 1, 2)`` the points, the start first.
         losses: ``(T + 1,)`` z at those points.
+        first_order: GAL's first-order form (``"mean"`` as the release, ``"sum"``), ``None`` plain.
         accepted: ``(T,)`` bool, GAL's decision per step (``None`` for a plain run).
-        gal_remainder: ``(T,)`` remainder of GAL's tentative step ``x - eta (g + a)`` (``None`` plain).
+        gal_remainder: ``(T,)`` Taylor remainder of GAL's tentative step ``x - eta (g + a)``
+            (``loss1 - loss0 + <delta, g>``, whatever ``first_order``; ``None`` plain).
+        objective: ``(T,)`` what h minimised, ``|loss1 + first - loss0|`` in the run's form.
+        tentative_length: ``(T,)`` ``|delta| = eta |g + a|``, the length of the tentative step
+            (NaN on rejected steps, where ``g + a`` is not sent back and is not recorded).
         step_r1, step_second, step_r2, step_first: ``(T,)`` Taylor terms of each real step
             ``positions[t] -> positions[t + 1]`` in float64 (``None`` if not asked for).
     """
@@ -142,12 +156,25 @@ class ToyRun:
     seed: int | None
     positions: np.ndarray
     losses: np.ndarray
+    first_order: str | None = None
     accepted: np.ndarray | None = None
     gal_remainder: np.ndarray | None = None
+    objective: np.ndarray | None = None
+    tentative_length: np.ndarray | None = None
     step_first: np.ndarray | None = None
     step_second: np.ndarray | None = None
     step_r1: np.ndarray | None = None
     step_r2: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        """``"plain"``, ``"GAL (mean)"`` or ``"GAL (sum)"``."""
+        return "plain" if not self.gal else f"GAL ({self.first_order})"
+
+    @property
+    def step_lengths(self) -> np.ndarray:
+        """``(T,)`` length of every real step ``|positions[t + 1] - positions[t]|``."""
+        return np.linalg.norm(np.diff(self.positions, axis=0), axis=1)
 
     @property
     def final_point(self) -> np.ndarray:
@@ -197,9 +224,20 @@ def run_toy(
     ratio: float | None = None,
     start: tuple[float, float] = START,
     remainders: bool = True,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float64,
+    first_order: str = "mean",
+    compute_dtype: torch.dtype | None = None,
 ) -> ToyRun:
     """Minimise :func:`surface` from ``start`` with one optimizer, with or without GAL.
+
+    The loop is the one a reader would write (notebook 01 writes it out)::
+
+        gal = ParamGAL([xy], ratio=r, scale=s, first_order=first_order, h=release_toy_h(seed))
+        opt = make_optimizer(name, [xy, *gal.parameters()], lr)   # h in the same optimizer
+        for _ in range(steps):
+            opt.zero_grad()
+            gal.backward(lambda ps: surface(ps[0]), lr=opt.param_groups[0]["lr"])
+            opt.step()
 
     Args:
         setting: a :class:`ToySetting` or a key of :data:`TOY_SETTINGS`.
@@ -209,36 +247,51 @@ def run_toy(
         steps, ratio: override the setting's number of steps / GAL ratio.
         start: the initial point.
         remainders: also compute the Taylor terms of every real step (float64).
-        dtype: dtype of ``(x, y)`` and h (the release uses float32).
+        dtype: dtype of ``(x, y)`` and h. float64 (default) follows the release's loop step for
+            step; the release itself runs in float32.
+        first_order: h's first-order term, ``"mean"`` (the release) or ``"sum"`` (exact Taylor).
+        compute_dtype: GAL's arithmetic (default: ``dtype``, as the release).
     """
-    s = TOY_SETTINGS[setting] if isinstance(setting, str) else setting
-    if steps is not None or ratio is not None:
-        s = ToySetting(
-            s.key, s.label, s.optimizer, s.lr, s.steps if steps is None else int(steps),
-            s.ratio if ratio is None else float(ratio), s.scale, dict(s.kwargs), s.seed,
-        )
+    if isinstance(setting, str):
+        if setting not in TOY_SETTINGS:
+            raise ValueError(f"setting must be a ToySetting or one of {', '.join(TOY_SETTINGS)}, got {setting!r}")
+        s = TOY_SETTINGS[setting]
+    elif isinstance(setting, ToySetting):
+        s = setting
+    else:
+        raise TypeError(f"setting must be a ToySetting or a key of TOY_SETTINGS, got {type(setting).__name__}")
+    if steps is not None:
+        if int(steps) < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        s = replace(s, steps=int(steps))
+    if ratio is not None:
+        s = replace(s, ratio=float(ratio))
     seed = s.seed if seed is None else int(seed)
     xy = torch.tensor(start, dtype=dtype, requires_grad=True)
     params: list[Tensor] = [xy]
     pgal: ParamGAL | None = None
     if gal:
-        h = release_toy_h(seed).to(dtype)
-        pgal = ParamGAL([xy], ratio=s.ratio, scale=s.scale, h=h)
-        params += list(pgal.h.parameters())
+        pgal = ParamGAL(
+            [xy], ratio=s.ratio, scale=s.scale, first_order=first_order,  # type: ignore[arg-type]
+            compute_dtype=dtype if compute_dtype is None else compute_dtype, h=release_toy_h(seed).to(dtype),
+        )
+        params += list(pgal.parameters())
     opt = make_optimizer(s.optimizer, params, s.lr, **dict(s.kwargs))
 
     def loss_of(p: list[Tensor]) -> Tensor:
         return surface(p[0])
 
     traj = [xy.detach().clone()]
-    accepted: list[Tensor] = []
-    tentative: list[Tensor] = []
+    records: list[Tensor] = []
     for _ in range(s.steps):
         opt.zero_grad(set_to_none=True)
         if pgal is not None:
-            rec = pgal.backward(loss_of, current_lr(opt))
-            accepted.append(rec.accepted)
-            tentative.append(rec.remainder)
+            lr = current_lr(opt)
+            rec = pgal.backward(loss_of, lr)
+            assert xy.grad is not None
+            # the tentative step is eta (g + a); on an accepted step g + a is the gradient sent back
+            length = torch.where(rec.accepted, lr * s.scale * torch.linalg.vector_norm(xy.grad), torch.nan)
+            records.append(torch.stack([t.to(torch.float64) for t in (rec.accepted, rec.remainder, rec.objective, length)]))
         else:
             surface(xy).backward()
         opt.step()
@@ -248,11 +301,13 @@ def run_toy(
     with torch.no_grad():
         losses = surface(positions)
     run = ToyRun(
-        s, gal, seed if gal else None, positions.to(torch.float64).numpy(), losses.to(torch.float64).numpy()
+        s, gal, seed if gal else None, positions.to(torch.float64).numpy(), losses.to(torch.float64).numpy(),
+        first_order=first_order if gal else None,
     )
     if pgal is not None:
-        run.accepted = torch.stack(accepted).numpy() if accepted else np.zeros(0, dtype=bool)
-        run.gal_remainder = torch.stack(tentative).to(torch.float64).numpy() if tentative else np.zeros(0)
+        arr = torch.stack(records).numpy() if records else np.zeros((0, 4))
+        run.accepted = arr[:, 0] > 0.5
+        run.gal_remainder, run.objective, run.tentative_length = arr[:, 1], arr[:, 2], arr[:, 3]
     if remainders:
         run.step_first, run.step_second, run.step_r1, run.step_r2 = _step_terms(positions)
     return run
@@ -298,3 +353,43 @@ def nearest_minimum(point: Any, minima: np.ndarray | None = None) -> tuple[int, 
     d = np.hypot(m[:, 0] - float(point[0]), m[:, 1] - float(point[1]))
     i = int(np.argmin(d))
     return i, float(d[i])
+
+
+def steps_to(run: ToyRun, z: float) -> int | None:
+    """The first step t with ``run.losses[t] <= z`` (``None`` if the run never gets there)."""
+    hit = np.nonzero(run.losses <= z)[0]
+    return int(hit[0]) if hit.size else None
+
+
+def toy_summary(run: ToyRun, minima: np.ndarray | None = None, *, near: float = 0.05, tol: float = 1e-3) -> dict[str, Any]:
+    """One table row for a run: where it ends and how it got there.
+
+    Columns: ``optimizer``, ``variant`` (:attr:`ToyRun.label`), ``seed``, ``final_x``,
+    ``final_y``, ``final_z``; ``minimum`` (index into ``minima``, default :func:`local_minima`,
+    of the nearest one), ``minimum_z``, ``distance``, ``at_minimum`` (within ``near``);
+    ``steps_to_deepest`` (first step within ``tol`` of the deepest z; ``steps + 1`` if never);
+    ``acceptance``, ``tentative_remainder`` (mean |remainder| of GAL's tentative steps),
+    ``objective`` (mean of what h minimised), ``step_remainder`` (mean |r1| of the real steps,
+    NaN without ``remainders``) and ``step_over_tentative`` (median ratio of the real step's
+    length to the tentative step's; NaN for a plain run).
+    """
+    m = local_minima() if minima is None else minima
+    i, dist = nearest_minimum(run.final_point, m)
+    hit = steps_to(run, float(m[:, 2].min()) + tol)
+    nan = float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (
+            float(np.nanmedian(run.step_lengths / run.tentative_length))
+            if run.tentative_length is not None and np.isfinite(run.tentative_length).any() else nan
+        )
+    return {
+        "optimizer": run.setting.label, "variant": run.label, "seed": run.seed,
+        "final_x": float(run.final_point[0]), "final_y": float(run.final_point[1]), "final_z": run.final_loss,
+        "minimum": i, "minimum_z": float(m[i, 2]), "distance": dist, "at_minimum": dist < near,
+        "steps_to_deepest": run.setting.steps + 1 if hit is None else hit,
+        "acceptance": run.acceptance_rate,
+        "tentative_remainder": nan if run.gal_remainder is None else float(np.abs(run.gal_remainder).mean()),
+        "objective": nan if run.objective is None else float(run.objective.mean()),
+        "step_remainder": nan if run.step_r1 is None else float(np.abs(run.step_r1).mean()),
+        "step_over_tentative": ratio,
+    }

@@ -12,10 +12,11 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
+from galcore.experiments.progress import progress
 from galcore.experiments.surface import START, ToyRun, local_minima, surface_grid
-from galcore.experiments.toy_classifier import ClassifierRun
 from galcore.experiments.toy_taylor import TaylorGrid, TaylorLine
 
 __all__ = [
@@ -70,54 +71,65 @@ def _contour(ax: Any, lim: float = 1.5, n: int = 201) -> None:
     ax.set_aspect("equal")
 
 
-def plot_toy_trajectories(pairs: Mapping[str, tuple[ToyRun, ToyRun]], lim: float = 1.5, n: int = 201) -> Figure:
-    """One contour panel per optimizer with the plain (blue) and GAL (red) trajectories.
+#: colour of each variant of a toy run (:attr:`ToyRun.label`)
+VARIANT_COLORS = {"plain": PLAIN_COLOR, "GAL (mean)": GAL_COLOR, "GAL (sum)": "tab:purple"}
+VARIANT_STYLES = {"plain": "-", "GAL (mean)": "--", "GAL (sum)": ":"}
 
-    ``pairs``: ``{label: (plain_run, gal_run)}``; ``n``: contour grid points per side.
+
+def _panels(k: int, height: float) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, height), squeeze=False)
+    return fig, axes[0]
+
+
+def plot_toy_trajectories(runs: Mapping[str, Sequence[ToyRun]], lim: float = 1.5, n: int = 201) -> Figure:
+    """One contour panel per optimizer with the trajectory of every variant (plain, GAL mean,
+    GAL sum) and its end point.
+
+    ``runs``: ``{optimizer label: [run, ...]}``; ``n``: contour grid points per side.
     """
-    k = len(pairs)
-    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
-    for ax, (label, (plain, gal)) in zip(axes[0], pairs.items(), strict=True):
+    fig, axes = _panels(len(runs), 3.4)
+    for ax, (label, group) in zip(axes, runs.items(), strict=True):
         _contour(ax, lim, n)
-        for run, color, name in ((plain, PLAIN_COLOR, "plain"), (gal, GAL_COLOR, "GAL")):
-            p = run.positions
-            ax.plot(p[:, 0], p[:, 1], "-", color=color, lw=1.3, label=f"{name}: z={run.final_loss:.3f}")
+        for run in group:
+            p, color = run.positions, VARIANT_COLORS.get(run.label, "k")
+            ax.plot(p[:, 0], p[:, 1], VARIANT_STYLES.get(run.label, "-"), color=color, lw=1.3,
+                    label=f"{run.label}: z={run.final_loss:.3f}")
             ax.scatter(p[-1, 0], p[-1, 1], color=color, edgecolor="k", s=30, zorder=6)
         ax.set_title(label, fontsize=10)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=6.5, loc="lower left")
     fig.tight_layout()
     return fig
 
 
-def plot_toy_losses(pairs: Mapping[str, tuple[ToyRun, ToyRun]]) -> Figure:
-    """z per step, plain vs GAL, one panel per optimizer."""
-    k = len(pairs)
-    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), squeeze=False)
-    for ax, (label, (plain, gal)) in zip(axes[0], pairs.items(), strict=True):
-        ax.plot(plain.losses, color=PLAIN_COLOR, label="plain")
-        ax.plot(gal.losses, color=GAL_COLOR, label="GAL", ls="--")
+def plot_toy_losses(runs: Mapping[str, Sequence[ToyRun]]) -> Figure:
+    """z per step for every variant, one panel per optimizer."""
+    fig, axes = _panels(len(runs), 2.8)
+    for ax, (label, group) in zip(axes, runs.items(), strict=True):
+        for run in group:
+            ax.plot(run.losses, VARIANT_STYLES.get(run.label, "-"), color=VARIANT_COLORS.get(run.label, "k"),
+                    label=run.label)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("z")
-    axes[0][0].legend(fontsize=8)
+    axes[0].set_ylabel("z")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_toy_remainders(pairs: Mapping[str, tuple[ToyRun, ToyRun]]) -> Figure:
-    """|remainder| of every real step (float64 Taylor remainder r1), plain vs GAL, log scale."""
-    k = len(pairs)
-    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), squeeze=False)
-    for ax, (label, (plain, gal)) in zip(axes[0], pairs.items(), strict=True):
-        for run, color, name in ((plain, PLAIN_COLOR, "plain"), (gal, GAL_COLOR, "GAL")):
+def plot_toy_remainders(runs: Mapping[str, Sequence[ToyRun]]) -> Figure:
+    """|Taylor remainder r1| of every real step (float64), every variant, log scale."""
+    fig, axes = _panels(len(runs), 2.8)
+    for ax, (label, group) in zip(axes, runs.items(), strict=True):
+        for run in group:
             if run.step_r1 is not None:
-                ax.semilogy(np.abs(run.step_r1) + 1e-18, color=color, lw=0.9, label=name)
+                ax.semilogy(np.abs(run.step_r1) + 1e-18, VARIANT_STYLES.get(run.label, "-"),
+                            color=VARIANT_COLORS.get(run.label, "k"), lw=0.9, label=run.label)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("|remainder| of the real step")
-    axes[0][0].legend(fontsize=8)
+    axes[0].set_ylabel("|remainder| of the real step")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -174,48 +186,50 @@ def plot_taylor_grid(grid: TaylorGrid, title: str = "") -> Figure:
     return fig
 
 
-def plot_classifier(runs: Mapping[str, Sequence[ClassifierRun]], windows: int = 10) -> Figure:
-    """Per window of steps, mean over seeds: acceptance rate, relative change of the remainder
-    ``(R - R_plain) / R_plain`` and the plain tentative step's remainder, for the GAL arms."""
+def plot_classifier(hists: pd.DataFrame) -> Figure:
+    """Per epoch, mean over seeds (``hists`` from :func:`galcore.experiments.harness.run_arms`):
+    GAL's acceptance rate, the relative remainder ``R / R_plain - 1`` of its tentative step, and
+    every arm's test loss."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    colors = {"frozen": "tab:gray", "learned": GAL_COLOR}
-    for arm, rs in runs.items():
-        if arm == "plain" or not rs or rs[0].accepted is None:
-            continue
-        steps = rs[0].setting.steps
-        x = np.array([c.mean() for c in np.array_split(np.arange(steps), windows)])
-        acc = np.mean([r.windows(r.accepted, windows) for r in rs], axis=0)
-        rel = np.mean([r.windows((r.remainder - r.remainder_plain) / np.abs(r.remainder_plain), windows) for r in rs], axis=0)
-        rp = np.mean([r.windows(np.abs(r.remainder_plain), windows) for r in rs], axis=0)
-        c = colors.get(arm, None)
-        axes[0].plot(x, acc, "o-", color=c, label=f"h {arm}")
-        axes[1].plot(x, rel, "o-", color=c, label=f"h {arm}")
-        axes[2].semilogy(x, rp, "o-", color=c, label=f"h {arm}")
+    colors = {"standard": PLAIN_COLOR, "gal frozen": "tab:gray", "gal learned": GAL_COLOR}
+    for arm, grp in hists.groupby("arm", sort=False):
+        per_epoch = grp.groupby("epoch").mean(numeric_only=True)
+        c = colors.get(str(arm))
+        if "remainder_abs" in per_epoch and per_epoch["remainder_abs"].notna().any():
+            axes[0].plot(per_epoch.index, per_epoch["accept_rate"], "o-", ms=3, color=c, label=arm)
+            rel = grp["remainder_abs"] / grp["remainder_plain_abs"] - 1.0
+            axes[1].plot(per_epoch.index, rel.groupby(grp["epoch"]).mean(), "o-", ms=3, color=c, label=arm)
+        axes[2].plot(per_epoch.index, per_epoch["test_loss"], "-", color=c, label=arm)
     axes[0].set_ylabel("acceptance rate")
     axes[0].set_ylim(-0.05, 1.05)
     axes[1].axhline(0, color="k", lw=0.6)
-    axes[1].set_ylabel("(R - R_plain) / R_plain")
-    axes[2].set_ylabel("|R_plain| (plain tentative step)")
+    axes[1].set_ylabel("R / R_plain - 1 (tentative step)")
+    axes[2].set_ylabel("test loss")
+    axes[2].set_yscale("log")
     for ax in axes:
-        ax.set_xlabel("step")
+        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def animate_toy(plain: ToyRun, gal: ToyRun, path: str | Path, frames: int = 60, fps: int = 12, lim: float = 1.5) -> Path:
-    """Write a GIF of the plain and GAL trajectories moving on the contour plot (PillowWriter)."""
+def animate_toy(runs: Sequence[ToyRun], path: str | Path, frames: int = 60, fps: int = 12, lim: float = 1.5) -> Path:
+    """Write a GIF of the runs' trajectories (e.g. plain and GAL) moving on the contour plot
+    (matplotlib's PillowWriter), with a progress bar over the frames."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
+    if not runs:
+        raise ValueError("runs: give at least one ToyRun to animate")
     path = Path(path)
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     _contour(ax, lim)
-    T = max(len(plain.positions), len(gal.positions))
+    T = max(len(r.positions) for r in runs)
     idx = np.unique(np.linspace(0, T - 1, frames).round().astype(int))
     lines = []
-    for run, color, name in ((plain, PLAIN_COLOR, "plain"), (gal, GAL_COLOR, "GAL")):
-        (ln,) = ax.plot([], [], "-", color=color, lw=1.5, label=name)
+    for run in runs:
+        color = VARIANT_COLORS.get(run.label, "k")
+        (ln,) = ax.plot([], [], VARIANT_STYLES.get(run.label, "-"), color=color, lw=1.5, label=run.label)
         (pt,) = ax.plot([], [], "o", color=color, mec="k", ms=6)
         lines.append((run, ln, pt))
     ax.legend(fontsize=8, loc="lower left")
@@ -228,10 +242,14 @@ def animate_toy(plain: ToyRun, gal: ToyRun, path: str | Path, frames: int = 60, 
             ln.set_data(run.positions[: j + 1, 0], run.positions[: j + 1, 1])
             pt.set_data([run.positions[j, 0]], [run.positions[j, 1]])
             arts += [ln, pt]
-        title.set_text(f"{plain.setting.label}: step {i}")
+        title.set_text(f"{runs[0].setting.label}: step {i}")
         return [*arts, title]
 
     anim = FuncAnimation(fig, update, frames=list(idx), blit=False)
-    anim.save(str(path), writer=PillowWriter(fps=fps))
-    plt.close(fig)
+    bar = progress(total=len(idx), desc="GIF frames", unit="frame")
+    try:
+        anim.save(str(path), writer=PillowWriter(fps=fps), progress_callback=lambda i, n: bar.update(1))
+    finally:
+        bar.close()
+        plt.close(fig)
     return path

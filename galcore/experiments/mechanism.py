@@ -1,0 +1,291 @@
+"""How GAL's adjustment acts on training, measured step by step.
+
+:func:`trace` trains one :class:`~galcore.experiments.harness.TrainConfig` exactly as
+:func:`galcore.experiments.harness.run` does (same model, h, optimizers, batches: the final
+weights are bit-identical, a test holds it to that) and, every ``every``-th step, also measures:
+
+- ``pert_ratio``: ``||J^T A|| / ||J^T G||``, the parameter-space norm of the adjustment's part
+  of the step against the plain gradient's. ``J`` is the Jacobian of the batch's outputs
+  (B x C) w.r.t. the model's parameters, ``G`` the plain output gradient (B x C), ``A`` the
+  adjustment GAL sent back (``chosen - G``: zero on a rejected step). Per sample the
+  adjustment has norm ``r |g_i|``; this ratio says what it is for the batch's step.
+- ``h_cosine``: the mean pairwise cosine between h's outputs ``h(x_i)`` over the batch (1: h
+  points every sample the same way, so the adjustments add up over the batch).
+- ``adj_grad_cosine``: the mean over samples of the cosine between a sample's adjustment
+  ``A_i`` and its gradient ``g_i`` (-1: h learned to shorten every sample's step; about 0: a
+  direction unrelated to the gradient).
+- ``h_grad_rms``: the root mean square of the gradient h's parameters receive from the
+  remainder objective (NaN for a frozen h). Adam divides by ``sqrt(v) + eps`` (eps 1e-8):
+  far below eps its step is ``lr g / eps``, proportional to the gradient, not normalised.
+- ``output_gain``: ``||f(x; w_new) - f(x; w_old)|| / ||lr G||`` on the batch after the optimizer
+  step: how much larger the outputs' real move is than GAL's tentative step ``lr (g + a)``
+  at ``scale = 1``.
+
+The run's ``final`` counts ``rejected_rate`` (steps whose tentative loss rose, so the plain
+gradient was sent) apart from ``fallback_rate`` (steps with a fault: a non-finite or zero h
+output, loss or gradient).
+
+Per epoch it adds ``coherence_adj``/``coherence_grad`` (``||sum_t v_t|| / sum_t ||v_t||`` of
+the measured steps' parameter-space vectors: 1 when every step points the same way, about
+``1/sqrt(T)`` for unrelated directions) and ``net_ratio`` (``||sum_t J^T A_t|| /
+||sum_t J^T G_t||``: the adjustment's share of the epoch's net move), and ``h_drift``
+(``||theta_h - theta_h(0)|| / ||theta_h(0)||``). The run's ``final`` also has ``decay_drift``:
+the drift weight decay alone would give h's weights under h's optimizer for the same number
+of steps (zero gradient), the yardstick for "h learned something".
+
+All runs here are output-space GAL on in-memory data (:class:`~galcore.experiments.harness.Data`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from galcore.experiments import harness
+from galcore.experiments.harness import Data, RunResult, TrainConfig
+from galcore.experiments.optim import make_optimizer
+from galcore.gal import GAL
+
+__all__ = ["DIAGNOSTICS", "decay_drift", "diverged", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
+
+#: per-step diagnostics averaged into each epoch's row (see the module docstring)
+DIAGNOSTICS = ("pert_ratio", "h_cosine", "adj_grad_cosine", "output_gain", "h_grad_rms")
+
+
+def pairwise_cosine(v: Tensor) -> float:
+    """Mean cosine over the B(B-1)/2 pairs of rows of ``v`` (B, C); NaN for B < 2."""
+    b = v.shape[0]
+    if b < 2:
+        return float("nan")
+    u = v / v.norm(dim=1, keepdim=True)
+    return float(((u @ u.T).sum() - u.pow(2).sum()) / (b * (b - 1)))
+
+
+def diverged(final: Mapping[str, float], num_outputs: int) -> bool:
+    """A run diverged when its test loss is not finite or its test accuracy is at most twice
+    chance (``2 / num_outputs``; test error >= 80% for 10 classes)."""
+    loss = final.get("test_loss", float("nan"))
+    return not math.isfinite(loss) or final.get("test_accuracy", 1.0) <= 2.0 / num_outputs
+
+
+def decay_drift(cfg: TrainConfig, h0: Sequence[Tensor], steps: int) -> float:
+    """Relative drift ``||theta - theta_0|| / ||theta_0||`` of h's weights after ``steps``
+    optimizer steps with zero gradient: what h's optimizer (the model's, with its weight
+    decay, or h's own) does to h without any learning signal. 0 for a frozen h."""
+    if cfg.frozen_h or cfg.gal is None or cfg.gal.get("frozen_h") or not h0:
+        return 0.0
+    params = [p.detach().clone().requires_grad_(True) for p in h0]
+    if cfg.h_optimizer is None and cfg.h_lr is None:
+        opt = make_optimizer(cfg.optimizer, params, cfg.lr, **dict(cfg.optimizer_kwargs))
+    else:
+        opt = make_optimizer(cfg.h_optimizer or "momentum", params, cfg.h_lr if cfg.h_lr is not None else cfg.lr)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    return _drift(params, h0)
+
+
+def _flat(ts: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.detach().reshape(-1).double() for t in ts])
+
+
+def _drift(now: Sequence[Tensor], start: Sequence[Tensor]) -> float:
+    a, b = _flat(now), _flat(start)
+    return float((a - b).norm() / b.norm())
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (NaN when there are none), without numpy's warning."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _coherence(total: Tensor | None, norm_sum: float) -> float:
+    return float(total.norm()) / norm_sum if total is not None and norm_sum > 0 else float("nan")
+
+
+class _EpochTrace:
+    """Sums over one epoch's measured steps (parameter-space vectors as flat float64)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[float]] = {k: [] for k in DIAGNOSTICS}
+        self.sum_adj: Tensor | None = None
+        self.sum_grad: Tensor | None = None
+        self.norm_adj = 0.0
+        self.norm_grad = 0.0
+
+    def add_vectors(self, adj: Tensor, grad: Tensor) -> None:
+        self.sum_adj = adj.clone() if self.sum_adj is None else self.sum_adj + adj
+        self.sum_grad = grad.clone() if self.sum_grad is None else self.sum_grad + grad
+        self.norm_adj += float(adj.norm())
+        self.norm_grad += float(grad.norm())
+        self.rows["pert_ratio"].append(float(adj.norm() / grad.norm()))
+
+    def summary(self) -> dict[str, float]:
+        out = {k: _nanmean(v) for k, v in self.rows.items()}
+        out["coherence_adj"] = _coherence(self.sum_adj, self.norm_adj)
+        out["coherence_grad"] = _coherence(self.sum_grad, self.norm_grad)
+        if self.sum_adj is not None and self.sum_grad is not None:
+            out["net_ratio"] = float(self.sum_adj.norm() / self.sum_grad.norm())
+        return out
+
+
+class Tracer(harness.StepHook):
+    """The measurements of :func:`trace` as a :class:`~galcore.experiments.harness.StepHook`:
+    the harness trains as always; every ``every``-th step the GAL step is taken apart (same
+    gradients into the model and h) and measured."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.key = f"trace{every}-{_SOURCE}"
+        self.step = self.accepted = self.faults = 0
+        self.first: dict[str, float] = {}
+        self.ep = _EpochTrace()
+        self.g: Tensor | None = None
+
+    def start(self, cfg: TrainConfig, model: nn.Module, gal: Any) -> None:
+        self.cfg, self.gal = cfg, gal
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.h_params = list(gal.h.parameters())
+        self.h0 = [p.detach().clone() for p in self.h_params]
+
+    def backward(self, gal: GAL, out: Tensor, loss_of: Callable[[Tensor], Tensor], lr: float) -> Any:
+        if self.step % self.every != 0:
+            self.g = None
+            return gal.backward(out, loss_of, lr)
+        ep = self.ep
+        leaf = out.detach().requires_grad_(True)
+        rec = gal.backward(leaf, loss_of, lr)  # h's gradient accumulates as in gal.backward(out, ...)
+        chosen = leaf.grad
+        hg = [p.grad for p in gal.h.parameters() if p.grad is not None]
+        ep.rows["h_grad_rms"].append(float(_flat(hg).pow(2).mean().sqrt()) if hg else float("nan"))
+        x32 = out.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_of(x32), x32)  # the plain gradient in the model's dtype
+        adj = chosen - g
+        norms = adj.norm(dim=1) * g.norm(dim=1)
+        cos = (adj * g).sum(1)[norms > 0] / norms[norms > 0]
+        ep.rows["adj_grad_cosine"].append(float(cos.mean()) if cos.numel() else float("nan"))
+        jg = torch.autograd.grad(out, self.params, g, retain_graph=True)
+        out.backward(chosen)  # exactly what gal.backward(out, ...) sends through the model
+        jc = _flat([p.grad for p in self.params])
+        jg_flat = _flat(jg)
+        ep.add_vectors(jc - jg_flat, jg_flat)
+        with torch.no_grad():
+            ep.rows["h_cosine"].append(pairwise_cosine(gal.h(out.detach().to(next(gal.h.parameters()).dtype))))
+        self.g = g
+        return rec
+
+    def after_step(self, model: nn.Module, xb: Tensor, out: Tensor, lr: float) -> None:
+        if self.g is not None:
+            with torch.no_grad():
+                self.ep.rows["output_gain"].append(float((model(xb) - out.detach()).norm() / (lr * self.g.norm())))
+            if self.step == 0:
+                self.first = {"pert_ratio_init": self.ep.rows["pert_ratio"][0], "h_cosine_init": self.ep.rows["h_cosine"][0]}
+        self.step += 1
+
+    def end_epoch(self, row: dict[str, float], records: list[Any]) -> None:
+        self.accepted += int(torch.stack([r.accepted for r in records]).sum())
+        self.faults += int(torch.stack([r.fallback for r in records]).sum())
+        row.update(self.ep.summary())
+        row["h_drift"] = _drift(self.h_params, self.h0)
+        self.ep = _EpochTrace()
+
+    def end_run(self, final: dict[str, float]) -> None:
+        step = self.step
+        final.update(self.first)
+        final["steps"] = step
+        final["rejected_rate"] = (step - self.accepted - self.faults) / step  # tentative loss rose: plain gradient
+        final["fallback_rate"] = self.faults / step  # a fault (non-finite or zero h output, loss, gradient)
+        final["decay_drift"] = decay_drift(self.cfg, self.h0, step)
+
+
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+def _traced(cfg: TrainConfig) -> TrainConfig:
+    """The config a traced run trains: ``track_plain`` on (it measures, it does not change the step)."""
+    if cfg.space != "output" or cfg.gal is None:
+        raise ValueError("trace measures output-space GAL runs: give a config with gal options and space='output'")
+    return cfg if cfg.gal.get("track_plain", False) else replace(cfg, gal={**cfg.gal, "track_plain": True})
+
+
+def _summarise(res: RunResult, num_outputs: int) -> RunResult:
+    """Run-level means of the per-epoch diagnostics, the remainder ratio and divergence."""
+    final, history = res.final, res.history
+    for name in (*DIAGNOSTICS, "coherence_adj", "coherence_grad", "net_ratio"):
+        final[f"{name}_mean"] = _nanmean([h.get(name, float("nan")) for h in history])
+    r_gal = _nanmean([h["remainder_abs"] for h in history])
+    r_plain = _nanmean([h.get("remainder_plain_abs", float("nan")) for h in history])
+    final["remainder_ratio"] = float(r_gal / r_plain) if r_plain > 0 else float("nan")
+    final["diverged"] = float(diverged(final, num_outputs))
+    return res
+
+
+def _check_every(every: Any) -> None:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an int >= 1, got {every!r}")
+
+
+def trace(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, every: int = 4, cache: bool = False,
+          progress: bool = False) -> RunResult:
+    """Train ``cfg`` with :func:`galcore.experiments.harness.run` and measure GAL's adjustment
+    every ``every``-th step (module docstring; a :class:`Tracer` hook). ``track_plain`` is
+    switched on. Cached like the harness's runs (the key adds this module's source and ``every``)."""
+    _check_every(every)
+    res = harness.run(_traced(cfg), data, model_fn, cache=cache, progress=progress, hook=Tracer(every))
+    return _summarise(res, data.num_outputs)
+
+
+def trace_arms(
+    arms: Mapping[str, TrainConfig], seeds: Sequence[int], data: Data, model_fn: Callable[[], nn.Module], *,
+    every: int = 4, cache: bool = False, progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`galcore.experiments.harness.run_arms` with every GAL arm traced (:func:`trace`;
+    ``gal=None`` arms run plainly). Returns ``(finals, histories)`` with run_arms' columns plus
+    the diagnostics and ``diverged``."""
+    _check_every(every)
+    if not arms or not seeds:
+        raise ValueError("arms and seeds: give at least one of each")
+    arms = {k: (_traced(v) if v.gal is not None else v) for k, v in arms.items()}
+    finals, hists = harness.run_arms(
+        arms, seeds, data, model_fn, cache=cache, progress=progress,
+        hook=lambda cfg: Tracer(every) if cfg.gal is not None else None,
+    )
+    for (arm, seed), group in hists.groupby(["arm", "seed"], sort=False):
+        if arms[arm].gal is None:
+            continue
+        means = _summarise(RunResult({}, group.to_dict("records"), {}, 0.0), data.num_outputs).final
+        idx = (finals["arm"] == arm) & (finals["seed"] == seed)
+        for k, v in means.items():
+            if k != "diverged":
+                finals.loc[idx, k] = v
+    finals["diverged"] = finals.apply(lambda row: float(diverged(row, data.num_outputs)), axis=1)
+    return finals, hists
+
+
+def tentative_ray(gal: GAL, outputs: Tensor, loss_fn: Callable[[Tensor], Tensor], lengths: Sequence[float]) -> Tensor:
+    """``L(x - t (g + a)) - L(x)`` for each ``t`` in ``lengths``: the loss along GAL's tentative
+    ray at the outputs ``x`` (B, C), with the adjustment ``a`` the one ``gal`` proposes there
+    (computed on a copy of ``gal``, so ``gal`` and its h are left untouched). In float64.
+    GAL's tentative step is the point ``t = lr * scale``; a positive value there is a rejection."""
+    import copy
+
+    probe = copy.deepcopy(gal)
+    probe.accept = "always"
+    leaf = outputs.detach().double().requires_grad_(True)
+    probe.backward(leaf, loss_fn, 1.0)
+    direction = leaf.grad  # g + a
+    x = outputs.detach().double()
+    with torch.no_grad():
+        base = loss_fn(x)
+        return torch.stack([loss_fn(x - t * direction) - base for t in lengths])

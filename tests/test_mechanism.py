@@ -1,0 +1,90 @@
+"""The traced run: same trajectory as the harness's run, and measurements that mean what they say."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from galcore.experiments import harness, mechanism
+from galcore.experiments.datasets import digits
+from galcore.experiments.harness import TrainConfig
+from galcore.experiments.models import MLP
+
+
+@pytest.fixture(scope="module")
+def data() -> harness.Data:
+    d = digits()
+    return replace(d, name="digits-tiny", x_train=d.x_train[:192], y_train=d.y_train[:192], x_test=d.x_test[:96],
+                   y_test=d.y_test[:96])
+
+
+def model_fn() -> torch.nn.Module:
+    return MLP(64, 10, hidden=(16,))
+
+
+BASE = TrainConfig(model="mlp16", data="digits-tiny", optimizer="momentum", lr=0.05,
+                   optimizer_kwargs={"weight_decay": 1e-3}, epochs=2, batch_size=64)
+
+
+@pytest.mark.parametrize("how", [{"frozen_h": True}, {}, {"h_optimizer": "adam", "h_lr": 1e-3}])
+def test_trace_trains_exactly_as_the_harness(data: harness.Data, how: dict) -> None:
+    cfg = replace(BASE, gal={"ratio": 0.1, "track_plain": True}, **how)
+    traced = mechanism.trace(cfg, data, model_fn, every=2)
+    plain = harness.run(cfg, data, model_fn)
+    assert traced.weights_hash == plain.weights_hash
+    for a, b in zip(traced.history, plain.history, strict=True):
+        assert a["test_loss"] == b["test_loss"] and a["accept_rate"] == b["accept_rate"]
+    # track_plain is a measurement: switching it on changes nothing either
+    assert harness.run(replace(cfg, gal={"ratio": 0.1}), data, model_fn).weights_hash == plain.weights_hash
+
+
+def test_perturbation_ratio_is_linear_in_r_and_zero_without_adjustment(data: harness.Data) -> None:
+    init = {r: mechanism.trace(replace(BASE, epochs=1, gal={"ratio": r}, frozen_h=True), data, model_fn).final
+            for r in (0.0, 0.01, 0.02)}
+    assert init[0.0]["pert_ratio_init"] == 0.0 and init[0.0]["net_ratio"] == 0.0
+    assert init[0.02]["pert_ratio_init"] == pytest.approx(2 * init[0.01]["pert_ratio_init"], rel=1e-3)
+    assert init[0.01]["pert_ratio_init"] > 0.01  # h's near-constant output adds up over the batch
+    assert init[0.01]["h_cosine_init"] > 0.9
+
+
+def test_drift_of_h_against_weight_decay(data: harness.Data) -> None:
+    frozen = mechanism.trace(replace(BASE, gal={"ratio": 0.1}, frozen_h=True), data, model_fn).final
+    assert frozen["h_drift"] == 0.0 and frozen["decay_drift"] == 0.0
+    same = mechanism.trace(replace(BASE, gal={"ratio": 0.1}), data, model_fn).final
+    assert same["decay_drift"] > 0  # weight decay alone moves h
+    adam = mechanism.trace(replace(BASE, gal={"ratio": 0.1}, h_optimizer="adam", h_lr=1e-3), data, model_fn).final
+    assert adam["decay_drift"] == 0.0 and adam["h_drift"] > 0
+    assert same["steps"] == adam["steps"] == 2 * 3
+
+
+def test_decay_drift_matches_plain_sgd_with_weight_decay() -> None:
+    cfg = replace(BASE, optimizer="sgd", lr=0.1, optimizer_kwargs={"weight_decay": 0.01}, gal={"ratio": 0.1})
+    h0 = [torch.randn(5, 3), torch.randn(3)]
+    # every weight shrinks by (1 - lr wd) per step: relative drift 1 - (1 - lr wd)^T
+    assert mechanism.decay_drift(cfg, h0, 50) == pytest.approx(1 - (1 - 0.1 * 0.01) ** 50, rel=1e-5)  # float32 weights
+    assert mechanism.decay_drift(replace(cfg, optimizer_kwargs={}), h0, 50) == 0.0
+    assert mechanism.decay_drift(replace(cfg, frozen_h=True), h0, 50) == 0.0
+
+
+def test_pairwise_cosine() -> None:
+    v = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    assert mechanism.pairwise_cosine(v) == pytest.approx(1.0)
+    assert mechanism.pairwise_cosine(torch.tensor([[1.0, 0.0], [0.0, 5.0]])) == pytest.approx(0.0)
+    assert mechanism.pairwise_cosine(torch.tensor([[1.0, 1.0], [-1.0, -1.0]])) == pytest.approx(-1.0)
+
+
+def test_diverged() -> None:
+    assert mechanism.diverged({"test_loss": float("nan"), "test_accuracy": 0.9}, 10)
+    assert mechanism.diverged({"test_loss": 1.0, "test_accuracy": 0.2}, 10)
+    assert not mechanism.diverged({"test_loss": 1e3, "test_accuracy": 0.21}, 10)
+
+
+def test_bad_arguments_are_named(data: harness.Data) -> None:
+    with pytest.raises(ValueError, match="every"):
+        mechanism.trace(replace(BASE, gal={"ratio": 0.1}), data, model_fn, every=0)
+    with pytest.raises(ValueError, match="output-space"):
+        mechanism.trace(BASE, data, model_fn)
+    with pytest.raises(ValueError, match="output-space"):
+        mechanism.trace(replace(BASE, gal={"ratio": 0.1}, space="parameter"), data, model_fn)
