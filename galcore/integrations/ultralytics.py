@@ -28,10 +28,9 @@ outputs and Ultralytics' own criterion as the loss:
   two such maps, both adjusted by the same h.
 - L(x): Ultralytics' criterion ``sum(loss_vector)``, i.e. ``(box + cls + dfl) * batch_size``,
   exactly the scalar Ultralytics backpropagates (its scaling is kept, not re-normalised).
-- lr: the optimizer's current learning rate (the ``weight`` parameter group, warmup included).
-  While that lr is 0 (the very first warmup iteration) GAL is skipped for the step. The
-  tentative step is ``lr * gal_scale * (g + a)`` in output space, whatever the optimizer; the
-  step AdamW or SGD then takes moves the outputs by another amount (notebook 03 measures it).
+- lr: the optimizer's current learning rate (the ``weight`` group, warmup included; GAL is skipped
+  while it is 0). The tentative step ``lr * gal_scale * (g + a)`` is in output space whatever the
+  optimizer; AdamW's or SGD's actual step moves the outputs by another amount (notebook 03).
 
 The criterion returns Ultralytics' loss vector with its values unchanged (so logs, the NaN check
 and the progress bar see the same numbers) and with GAL's chosen gradient attached, so the AMP
@@ -41,9 +40,8 @@ optimizer (no weight decay, lr = model lr x ``lr_factor``); they are not part of
 EMA, clipping and exported weights do not contain h. GAL's state (h, counters, options) is saved
 under the key ``"gal"`` of every checkpoint Ultralytics writes and restored on resume.
 
-Per-epoch GAL statistics are appended to Ultralytics' ``results.csv`` (columns ``gal/...``) and
-per-step records to ``gal_steps.csv`` in the run folder, both converted from device tensors once
-per epoch.
+Per-epoch GAL statistics go to Ultralytics' ``results.csv`` (``gal/...`` columns), per-step records
+to ``gal_steps.csv`` in the run folder (read from the device once per epoch).
 """
 
 from __future__ import annotations
