@@ -103,7 +103,8 @@ def test_generated_on_first_use_then_reused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(n_train=0), dict(imgsz=8), dict(max_objects=0), dict(min_size=0.6, max_size=0.5), dict(min_visible=1.5)],
+    [{"n_train": 0}, {"imgsz": 8}, {"max_objects": 0}, {"min_size": 0.6, "max_size": 0.5}, {"min_visible": 1.5},
+     {"n_classes": 0}, {"n_classes": 5}, {"background": "noisy"}, {"min_contrast": -1}],
 )
 def test_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -113,3 +114,23 @@ def test_config_validation(kwargs: dict) -> None:
 def test_overrides_and_config_are_exclusive(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         shapes_detection(tmp_path, SMALL, n_train=3)
+
+
+def test_fewer_classes_and_a_plain_background(tmp_path: Path) -> None:
+    cfg = ShapesConfig(n_train=40, n_val=2, imgsz=64, n_classes=2, background="plain", min_contrast=60, seed=2)
+    assert cfg.classes == CLASSES[:2]
+    seen = set()
+    for i in range(cfg.n_train):
+        img, lab = render_image(cfg, "train", i)
+        seen |= set(lab[:, 0].astype(int).tolist())
+        px = np.asarray(img).astype(float)
+        corners = np.concatenate([px[:3, :3].reshape(-1, 3), px[-3:, -3:].reshape(-1, 3)])
+        border = np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])
+        # a plain background: the image's border pixels (mostly background) vary little
+        assert np.median(np.abs(border - np.median(border, axis=0)).max(axis=1)) < 30
+        for c, x, y, w, h in lab:  # the centre of a labelled shape differs from the corners' colour
+            centre = px[int(y * 64), int(x * 64)]
+            assert np.abs(centre - np.median(corners, axis=0)).max() >= 20 or w * h < 0.05
+    assert seen == {0, 1}
+    spec = yaml.safe_load(shapes_detection(tmp_path, cfg).read_text())
+    assert spec["names"] == {0: CLASSES[0], 1: CLASSES[1]}

@@ -18,16 +18,16 @@ import torch
 if importlib.util.find_spec("ultralytics") is None:  # not importorskip: Ultralytics must be imported after offline_env
     pytest.skip("ultralytics is not installed (pip install galcore[yolo])", allow_module_level=True)
 
-from galcore import GALConfig  # noqa: E402
-from galcore.integrations.ultralytics import build_gal, offline_env, read_gal_steps  # noqa: E402
+from galcore import GALConfig
+from galcore.integrations.ultralytics import build_gal, offline_env, read_gal_steps
 
 offline_env()  # before Ultralytics is imported below
 
-from ultralytics import YOLO  # noqa: E402
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionTrainer
 
-from galcore.experiments.data.shapes_detection import ShapesConfig, shapes_detection  # noqa: E402
-from galcore.integrations.ultralytics import GALCriterion, GALDetectionTrainer  # noqa: E402
+from galcore.experiments.data.shapes_detection import ShapesConfig, shapes_detection
+from galcore.integrations.ultralytics import GALCriterion, GALDetectionTrainer
 
 DATA = ShapesConfig(n_train=16, n_val=8, imgsz=64, seed=1)
 
@@ -58,19 +58,19 @@ def no_network(monkeypatch: pytest.MonkeyPatch):
         attempts.append(f"{what} {address!r}")
         raise NetworkBlocked(f"network access blocked in tests: {what} {address!r}")
 
-    def g_connect(self, address):  # noqa: ANN001
+    def g_connect(self, address):
         guard("connect", address)
         return connect(self, address)
 
-    def g_connect_ex(self, address):  # noqa: ANN001
+    def g_connect_ex(self, address):
         guard("connect_ex", address)
         return connect_ex(self, address)
 
-    def g_create_connection(address, *args, **kwargs):  # noqa: ANN001
+    def g_create_connection(address, *args, **kwargs):
         guard("create_connection", address)
         return create_connection(address, *args, **kwargs)
 
-    def g_getaddrinfo(host, *args, **kwargs):  # noqa: ANN001
+    def g_getaddrinfo(host, *args, **kwargs):
         guard("getaddrinfo", (host,))
         return getaddrinfo(host, *args, **kwargs)
 
@@ -88,11 +88,11 @@ def data_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _train_kwargs(data_yaml: str, project: Path, name: str, **kw: Any) -> dict[str, Any]:
-    args = dict(
-        data=data_yaml, epochs=1, imgsz=64, batch=8, nbs=8, device="cpu", workers=0, amp=False, pretrained=False,
-        plots=False, seed=0, deterministic=True, project=str(project), name=name, exist_ok=True, verbose=False,
-        warmup_epochs=0, mosaic=0.0,
-    )
+    args = {
+        "data": data_yaml, "epochs": 1, "imgsz": 64, "batch": 8, "nbs": 8, "device": "cpu", "workers": 0, "amp": False, "pretrained": False,
+        "plots": False, "seed": 0, "deterministic": True, "project": str(project), "name": name, "exist_ok": True, "verbose": False,
+        "warmup_epochs": 0, "mosaic": 0.0,
+    }
     return {**args, **kw}
 
 
@@ -297,7 +297,7 @@ def test_criterion_value_stays_finite_under_float16_autocast() -> None:
     preds = {k: (v.half() if k != "feats" else v) for k, v in preds.items()}
     with torch.autocast("cpu", dtype=torch.float16):
         vec, _ = crit(preds, None)
-    assert torch.isfinite(vec).all() and float(vec.sum()) > 65504
+    assert torch.isfinite(vec).all() and float(vec.sum().detach()) > 65504
     vec.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in gal.parameters())
 
@@ -366,3 +366,81 @@ def test_criterion_passes_through_outside_training() -> None:
     assert int(gal.num_steps) == 0
     crit(_fake_preds(), None)
     assert int(gal.num_steps) == 1
+
+
+def _recording(base: type) -> type:
+    """``base`` trainer that records the initial weights' hash and a hash of every training batch."""
+    from galcore.experiments.detection import weights_hash
+
+    class Recording(base):  # type: ignore[misc,valid-type]
+        seen: dict[str, Any]
+
+        def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+            batch = super().preprocess_batch(batch)
+            if self.model.training:
+                parts = [batch["img"], batch["cls"], batch["bboxes"], batch["batch_idx"]]
+                digest = [float(t.double().sum()) for t in parts] + [float((t.double() ** 2).sum()) for t in parts]
+                type(self).seen.setdefault("batches", []).append(digest)
+            return batch
+
+        def _setup_train(self) -> None:
+            super()._setup_train()
+            type(self).seen["init"] = weights_hash(self.model)
+
+    Recording.seen = {}
+    return Recording
+
+
+@pytest.mark.slow
+def test_arms_share_initial_weights_and_data_order(data_yaml: str, tmp_path: Path) -> None:
+    """Same seed: the standard and the GAL run start from the same weights and see the same
+    augmented batches in the same order (h is drawn from its own generator); another seed
+    changes both (the check can fail)."""
+    seen = {}
+    for name, base, seed, gal in (("std", DetectionTrainer, 0, {}), ("gal", GALDetectionTrainer, 0, {"gal_ratio": 0.05}),
+                                  ("other", DetectionTrainer, 1, {})):
+        trainer = _recording(base)
+        YOLO("yolov8n.yaml").train(trainer=trainer, **gal, **_train_kwargs(data_yaml, tmp_path, name, seed=seed, epochs=2,
+                                                                          hsv_h=0.5, fliplr=0.5, translate=0.2))
+        seen[name] = trainer.seen
+    assert len(seen["std"]["batches"]) == 4  # 2 epochs x 2 batches
+    assert seen["gal"]["init"] == seen["std"]["init"]
+    assert seen["gal"]["batches"] == seen["std"]["batches"]
+    assert seen["other"]["init"] != seen["std"]["init"]
+    assert seen["other"]["batches"] != seen["std"]["batches"]
+
+
+@pytest.mark.slow
+def test_step_probe_measures_without_changing_the_run(data_yaml: str, tmp_path: Path) -> None:
+    from galcore.experiments.detection import StepProbe, train_yolo
+
+    plain = train_yolo("yolov8n", data_yaml, "gal", 0, project=tmp_path, epochs=2, batch=8, gal={"ratio": 0.01},
+                       name="plain")
+    probe = StepProbe(epochs=[1], batch=8)
+    probed = train_yolo("yolov8n", data_yaml, "gal", 0, project=tmp_path, epochs=2, batch=8, gal={"ratio": 0.01},
+                        name="probed", callbacks={"on_train_epoch_end": probe})
+    assert probed["weights_hash"] == plain["weights_hash"] != ""
+    assert [r["epoch"] for r in probe.rows] == [1.0]
+    row = probe.rows[0]
+    assert row["lr"] > 0 and row["eta_g_norm"] > 0 and row["step_norm"] > 0 and row["sgd_step_norm"] > 0
+    assert row["ratio"] == pytest.approx(row["step_norm"] / row["eta_g_norm"])
+    assert -1.0 <= row["cosine"] <= 1.0 and -1.0 <= row["sgd_cosine"] <= 1.0
+    assert row["remainder_actual"] == pytest.approx(row["loss_change"] - row["first_order"])
+    assert row["t_forward"] > 0 and row["t_backward"] > 0
+
+
+def test_model_yaml_builds_a_narrower_yolo(tmp_path: Path) -> None:
+    from galcore.experiments.detection import model_yaml
+
+    path = model_yaml("yolov8", depth=0.33, width=0.125, folder=tmp_path)
+    assert path.parent == tmp_path and path.suffix == ".yaml"
+    tiny, base = YOLO(str(path)).model, YOLO("yolov8n.yaml").model
+    assert tiny.model[0].conv.out_channels == 8 and base.model[0].conv.out_channels == 16
+    n_tiny = sum(p.numel() for p in tiny.parameters())
+    n_base = sum(p.numel() for p in base.parameters())
+    assert n_tiny < n_base / 2
+    assert type(tiny.model[-1]).__name__ == type(base.model[-1]).__name__ == "Detect"
+    with pytest.raises(ValueError, match="base"):
+        model_yaml("yolov99", folder=tmp_path)
+    with pytest.raises(ValueError, match="width"):
+        model_yaml("yolov8", width=0.0, folder=tmp_path)

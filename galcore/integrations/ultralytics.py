@@ -28,8 +28,9 @@ outputs and Ultralytics' own criterion as the loss:
   two such maps, both adjusted by the same h.
 - L(x): Ultralytics' criterion ``sum(loss_vector)``, i.e. ``(box + cls + dfl) * batch_size``,
   exactly the scalar Ultralytics backpropagates (its scaling is kept, not re-normalised).
-- lr: the optimizer's current learning rate (the ``weight`` parameter group, warmup included).
-  While that lr is 0 (the very first warmup iteration) GAL is skipped for the step.
+- lr: the optimizer's current learning rate (the ``weight`` group, warmup included; GAL is skipped
+  while it is 0). The tentative step ``lr * gal_scale * (g + a)`` is in output space whatever the
+  optimizer; AdamW's or SGD's actual step moves the outputs by another amount (notebook 03).
 
 The criterion returns Ultralytics' loss vector with its values unchanged (so logs, the NaN check
 and the progress bar see the same numbers) and with GAL's chosen gradient attached, so the AMP
@@ -39,9 +40,8 @@ optimizer (no weight decay, lr = model lr x ``lr_factor``); they are not part of
 EMA, clipping and exported weights do not contain h. GAL's state (h, counters, options) is saved
 under the key ``"gal"`` of every checkpoint Ultralytics writes and restored on resume.
 
-Per-epoch GAL statistics are appended to Ultralytics' ``results.csv`` (columns ``gal/...``) and
-per-step records to ``gal_steps.csv`` in the run folder, both converted from device tensors once
-per epoch.
+Per-epoch GAL statistics go to Ultralytics' ``results.csv`` (``gal/...`` columns), per-step records
+to ``gal_steps.csv`` in the run folder (read from the device once per epoch).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from galcore.gal import GAL
 __all__ = [
     "GALConfig",
     "GALCriterion",
-    "GALDetectionTrainer",
+    "GALDetectionTrainer",  # noqa: F822 - built on first use (module __getattr__)
     "offline_env",
     "read_gal_steps",
 ]
@@ -130,7 +130,7 @@ def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.P
     os.environ["YOLO_AUTOINSTALL"] = "0"
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
 
-    import ultralytics.utils as uu  # noqa: PLC0415 - after the environment is set
+    import ultralytics.utils as uu  # after the environment is set
     import ultralytics.utils.checks as uc
 
     user_dir = Path(uu.USER_CONFIG_DIR)  # differs from cfg/Ultralytics if Ultralytics was imported before
@@ -262,7 +262,7 @@ class GALCriterion:
             out = {}
             for (k, b), z, nb in zip(branches.items(), zs, splits, strict=True):
                 out[k] = {"boxes": z[:, :nb], "scores": z[:, nb:], "feats": feats[k]}
-            return out[None] if None in out else out
+            return out.get(None, out)
 
         return xs, rebuild, splits
 
@@ -272,16 +272,17 @@ class GALCriterion:
         if not torch.is_grad_enabled() or (model is not None and not model.training) or not lr > 0:
             return self.inner(preds, batch)
         xs, rebuild, _ = self._split(preds)
-        first: dict[str, Any] = {}
+        native = torch.float32 if xs[0].dtype in (torch.float16, torch.bfloat16) else xs[0].dtype
+        seen: list[Any] = []  # the loss at x: GAL's first call, or its first in the outputs' precision
 
         def loss_fn(zs: list[Tensor]) -> Tensor:
             vec, items = self.inner(rebuild(list(zs)), batch)
-            if not first:  # the loss at x itself: its vector and items are what Ultralytics logs
-                first["vec"], first["items"] = vec.detach(), items
+            if not seen or (zs[0].dtype == native and seen[0] != native):
+                seen[:] = [zs[0].dtype, vec.detach(), items]  # Ultralytics logs this vector and these items
             return vec.sum()
 
         s = self.gal.surrogate(xs, loss_fn, lr)
-        vec = first["vec"]
+        vec, first_items = seen[1].to(native), seen[2]
         graph = (s - s.detach()).to(vec.dtype)
         onehot = torch.zeros_like(vec)
         onehot.view(-1)[0] = 1.0
@@ -293,7 +294,7 @@ class GALCriterion:
             if r.remainder_plain is not None:
                 parts.append(r.remainder_plain.float())
             self.on_step(torch.stack(parts).detach())
-        return out, first["items"]
+        return out, first_items
 
 
 _STEP_FIELDS = ("accepted", "remainder", "objective", "fallback", "loss", "tentative_loss", "remainder_plain")

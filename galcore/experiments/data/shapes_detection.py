@@ -1,9 +1,11 @@
 """A small, deterministic object-detection dataset in YOLO format: shapes on textured backgrounds.
 
-Each image (``imgsz`` x ``imgsz`` RGB PNG) holds 1 to ``max_objects`` shapes of the classes
-:data:`CLASSES` (circle, square, triangle, cross), of random size, colour and rotation, drawn in
-order on a textured background (low-frequency colour noise, stripes, pixel noise), so later
-shapes occlude earlier ones. A shape is labelled when at least ``min_visible`` of its pixels
+Each image (``imgsz`` x ``imgsz`` RGB PNG) holds 1 to ``max_objects`` shapes of the first
+``n_classes`` classes of :data:`CLASSES` (circle, square, triangle, cross), of random size, colour
+and rotation, drawn in order on a background, so later shapes occlude earlier ones. The
+background is ``"textured"`` (low-frequency colour noise, stripes, pixel noise; shapes of any
+colour, the hard version) or ``"plain"`` (one colour with light pixel noise; each shape's colour
+differs from it by at least ``min_contrast`` grey levels in some channel, the easy version). A shape is labelled when at least ``min_visible`` of its pixels
 stay visible; its box is the box of the whole shape (amodal), in YOLO's normalised
 ``class cx cy w h``. Shapes more occluded than that remain in the image, unlabelled (clutter).
 
@@ -33,7 +35,7 @@ __all__ = ["CLASSES", "ShapesConfig", "generate_shapes_detection", "render_image
 #: Class names, in label order.
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 
-_FORMAT_VERSION = 1  # bump when the rendering changes, so cached copies are regenerated
+_FORMAT_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
 _SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
@@ -49,6 +51,10 @@ class ShapesConfig:
         min_size, max_size: shape size (side of its bounding square) as a fraction of ``imgsz``.
         min_visible: fraction of a shape's pixels that must stay visible for it to be labelled.
         seed: base seed; image ``i`` of split ``s`` uses ``(seed, s, i)``.
+        n_classes: use the first ``n_classes`` of :data:`CLASSES` (1 to 4).
+        background: ``"textured"`` or ``"plain"`` (see the module docstring).
+        min_contrast: with a plain background, the least largest-channel difference (0-255)
+            between a shape's colour and the background's.
     """
 
     n_train: int = 512
@@ -59,6 +65,9 @@ class ShapesConfig:
     max_size: float = 0.5
     min_visible: float = 0.5
     seed: int = 0
+    n_classes: int = 4
+    background: str = "textured"
+    min_contrast: int = 60
 
     def __post_init__(self) -> None:
         if self.n_train < 1 or self.n_val < 1:
@@ -71,6 +80,17 @@ class ShapesConfig:
             raise ValueError(f"need 0 < min_size <= max_size <= 1, got {self.min_size}, {self.max_size}")
         if not 0 <= self.min_visible <= 1:
             raise ValueError(f"min_visible must be in [0, 1], got {self.min_visible}")
+        if not 1 <= self.n_classes <= len(CLASSES):
+            raise ValueError(f"n_classes must be in [1, {len(CLASSES)}], got {self.n_classes}")
+        if self.background not in ("textured", "plain"):
+            raise ValueError(f"background must be 'textured' or 'plain', got {self.background!r}")
+        if not 0 <= self.min_contrast <= 200:
+            raise ValueError(f"min_contrast must be in [0, 200], got {self.min_contrast}")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names in use, in label order."""
+        return CLASSES[: self.n_classes]
 
     def key(self) -> str:
         """A short hash of the configuration (and format version), naming the folder."""
@@ -96,6 +116,26 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     img = img + base + stripes[:, :, None] * rng.uniform(5, 30) * rng.choice([-1.0, 1.0], size=3)
     img = img + rng.normal(0.0, 8.0, size=img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _plain(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A one-colour RGB background with light pixel noise, uint8 (size, size, 3), and its colour."""
+    base = rng.uniform(30, 225, size=3)
+    img = base + rng.normal(0.0, 6.0, size=(size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), base
+
+
+def _contrasting(rng: np.random.Generator, base: np.ndarray, min_contrast: int) -> tuple[int, int, int]:
+    """A random colour whose largest channel difference from ``base`` is at least ``min_contrast``."""
+    colour = rng.integers(0, 256, size=3)
+    for _ in range(64):
+        if np.abs(colour - base).max() >= min_contrast:
+            break
+        colour = rng.integers(0, 256, size=3)
+    else:  # push the channel farthest from the middle grey to the opposite end
+        c = int(np.argmax(np.abs(base - 127.5)))
+        colour[c] = 0 if base[c] > 127.5 else 255
+    return tuple(int(v) for v in colour)
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -133,20 +173,28 @@ def render_image(config: ShapesConfig, split: str, index: int) -> tuple[Image.Im
         raise ValueError(f"split must be one of {sorted(_SPLIT_OFFSET)}, got {split!r}")
     size = config.imgsz
     rng = np.random.default_rng([config.seed, _SPLIT_OFFSET[split], index])
-    img = Image.fromarray(_background(rng, size))
+    plain = config.background == "plain"
+    if plain:
+        arr, base = _plain(rng, size)
+    else:
+        arr, base = _background(rng, size), None
+    img = Image.fromarray(arr)
     draw = ImageDraw.Draw(img)
     owner = Image.new("L", (size, size), 0)  # which shape owns each pixel (0 = background)
     odraw = ImageDraw.Draw(owner)
     n = int(rng.integers(1, config.max_objects + 1))
     shapes = []
     for k in range(n):
-        kind_id = int(rng.integers(len(CLASSES)))
+        kind_id = int(rng.integers(config.n_classes))
         kind = CLASSES[kind_id]
         side = rng.uniform(config.min_size, config.max_size) * size
         r = side / 2
         cx, cy = rng.uniform(r * 0.6, size - r * 0.6, size=2)
         angle = rng.uniform(0, 2 * math.pi)
-        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        if base is not None:
+            colour = _contrasting(rng, base, config.min_contrast)
+        else:
+            colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
         _draw(draw, kind, cx, cy, r, angle, colour)
         # own mask of this shape, for its box and its visible fraction
         own = Image.new("L", (size, size), 0)
@@ -192,14 +240,14 @@ def generate_shapes_detection(
             img.save(root / "images" / split / f"{i:06d}.png", format="PNG", optimize=False)
             lines = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
             (root / "labels" / split / f"{i:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(config.classes))
     yaml = root / "shapes_detection.yaml"
     yaml.write_text(
         f"# galcore synthetic shapes detection dataset (galcore.experiments.data.shapes_detection), key {config.key()}\n"
         f"path: {final}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
     )
     (root / "meta.json").write_text(
-        json.dumps({"config": asdict(config), "version": _FORMAT_VERSION, "classes": list(CLASSES)}, indent=2)
+        json.dumps({"config": asdict(config), "version": _FORMAT_VERSION, "classes": list(config.classes)}, indent=2)
     )
     return yaml
 
@@ -216,7 +264,7 @@ def _default_data_root() -> Path:
 def shapes_detection(
     root: str | os.PathLike[str] | None = None,
     config: ShapesConfig | None = None,
-    **overrides: int | float,
+    **overrides: float,
 ) -> Path:
     """The dataset yaml for ``config`` (or :class:`ShapesConfig` with ``overrides``), written on first use.
 
@@ -257,9 +305,9 @@ def shapes_detection(
     return yaml
 
 
-def class_counts(labels: Sequence[np.ndarray]) -> np.ndarray:
+def class_counts(labels: Sequence[np.ndarray], n_classes: int = len(CLASSES)) -> np.ndarray:
     """Instances per class over a list of label arrays (for summaries)."""
-    out = np.zeros(len(CLASSES), dtype=int)
+    out = np.zeros(n_classes, dtype=int)
     for lab in labels:
         for c in lab[:, 0].astype(int):
             out[c] += 1
