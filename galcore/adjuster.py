@@ -1,7 +1,7 @@
 """The adjustment network h: maps a vector of size C to a direction of size C.
 
 The release uses a stack of ``nn.Linear`` layers with no activation between them; the
-hidden widths depend on the number of outputs (GAL.md). :func:`release_hidden` gives those
+hidden widths depend on the number of outputs (the release's code). :func:`release_hidden` gives those
 widths, :func:`make_adjuster` builds the stack, and :class:`LinearStack` is that stack as GAL
 holds it: its weights in one flat parameter.
 """

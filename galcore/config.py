@@ -72,7 +72,7 @@ def _choice(name: str, value: Any, options: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class GALConfig:
-    """GAL's options (GAL.md: one iteration). Validated on construction; immutable.
+    """GAL's options (the paper's Algorithm 1: one iteration). Validated on construction; immutable.
 
     Attributes:
         ratio: r >= 0, the adjustment's norm relative to the gradient's, per vector
@@ -84,7 +84,7 @@ class GALConfig:
             ``"relu"``, ``"gelu"``, ``"tanh"`` or ``"silu"``.
         first_order: the first-order term of h's objective. ``"sum"``: ``<g, delta>`` over the
             whole batch, the exact Taylor term of a batch-mean loss (default). ``"mean"``: the
-            release's form, that sum divided by the number of vectors (the batch size in output
+            release's form, that sum divided by the batch size B (also for dense maps and lists in output
             space; the number of elements for :class:`galcore.ParamGAL`, as the release's 3D toy).
         accept: ``"decrease"`` (use ``g + a`` only when the tentative loss did not rise; the
             release) or ``"always"``.
@@ -139,11 +139,9 @@ class GALConfig:
             put(self, "hidden", tuple(int(w) for w in self.hidden))
         if self.activation is not None:
             if not isinstance(self.activation, str):
-                raise TypeError(
-                    f"activation must be a name or None, got {type(self.activation).__name__} "
-                    "(for a custom h pass h=module to GAL)"
-                )
-            _choice("activation", self.activation.lower(), ("relu", "gelu", "tanh", "silu"))
+                    raise TypeError(f"activation must be a name or None, got {type(self.activation).__name__} "
+                                "(for a custom h pass h=module to GAL)")
+            put(self, "activation", _choice("activation", self.activation.lower(), ("relu", "gelu", "tanh", "silu")))
         _choice("first_order", self.first_order, ("sum", "mean"))
         _choice("accept", self.accept, ("decrease", "always"))
         _choice("normalize", self.normalize, ("sample", "batch"))
@@ -190,7 +188,7 @@ class GALConfig:
             if path.suffix == ".json":
                 base = json.loads(text)
             else:
-                import yaml  # PyYAML: only for yaml files (an Ultralytics dependency)
+                import yaml  # PyYAML (extras experiments/yolo): only for yaml files
 
                 base = yaml.safe_load(text) or {}
             if isinstance(base.get("gal"), Mapping):

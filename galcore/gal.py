@@ -10,7 +10,7 @@ One GAL step on a point x (a batch of model outputs, or a parameter vector) with
 3. Tentative step ``delta = eta * (g + a)`` with ``eta = lr * scale``; ``loss1 = L(x - delta)``.
 4. h is trained to make the step's first-order model exact: its gradient is that of
    ``|loss1 + <delta, g> - loss0|`` (``first_order="sum"``, the exact Taylor term) or with
-   ``<delta, g>`` divided by the number of vectors (``first_order="mean"``, the release's form).
+   ``<delta, g>`` divided by the batch size B (``first_order="mean"``, the release's form).
 5. The gradient sent back is ``g + a`` when the step is accepted (``accept="decrease"``:
    ``loss1 <= loss0``; ``accept="always"``), else ``g``.
 
@@ -149,7 +149,7 @@ def _check_lr(lr: float | Tensor) -> None:
             raise ValueError(f"lr must be a float or a one-element floating tensor, got {lr.dtype} {tuple(lr.shape)}")
         return  # a tensor lr is not read back to the host; its sign is the caller's contract
     if not isinstance(lr, (int, float)) or isinstance(lr, bool):
-        raise TypeError(f"lr must be a float or a 0-d tensor, got {type(lr).__name__}")
+        raise TypeError(f"lr must be a float or a one-element floating tensor, got {type(lr).__name__}")
     if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr}")
 
@@ -342,8 +342,8 @@ def _config(config: GALConfig | None, given: dict[str, Any], who: str) -> GALCon
     """The options passed one by one, or ``config``; not both."""
     if config is None:
         return GALConfig(**given)
-    if any(v != getattr(_D, k) for k, v in given.items()):
-        raise TypeError(f"pass either config= or individual options to {who}, not both")
+    if both := [k for k, v in given.items() if v != getattr(_D, k)]:
+        raise TypeError(f"pass either config= or individual options to {who}, not both: got {', '.join(both)}")
     return config
 
 
@@ -399,14 +399,16 @@ class _GALCore(nn.Module):
         self._compiled: Callable[..., StepMath] | None = None
 
     # -- options (read from, and written through, the validated config) ---------------------
-    def _option(name: str) -> property:  # type: ignore[misc]  # noqa: N805 - a property factory
+    def _option(name: str, settable: bool = True) -> property:  # type: ignore[misc]  # noqa: N805 - a property factory
         def get(self: _GALCore) -> Any:
             return getattr(self.config, name)
 
         def set_(self: _GALCore, value: Any) -> None:
+            if not settable:
+                raise AttributeError(f"{name} is fixed at construction (it shapes h); build a new GAL to change it")
             self.config = self.config.replace(**{name: value})
 
-        return property(get, set_, doc=f"``config.{name}`` (settable; validated).")
+        return property(get, set_, doc=f"``config.{name}`` ({'settable; validated' if settable else 'read-only'}).")
 
     ratio = _option("ratio")
     scale = _option("scale")
@@ -416,6 +418,7 @@ class _GALCore(nn.Module):
     compute_dtype = _option("compute_dtype")
     track_plain = _option("track_plain")
     sync_distributed = _option("sync_distributed")
+    hidden, activation, seed = _option("hidden", False), _option("activation", False), _option("seed", False)
     del _option
 
     # -- state ----------------------------------------------------------------------------
@@ -437,10 +440,8 @@ class _GALCore(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (
-            f"output_dim={self.output_dim}, ratio={c.ratio}, scale={c.scale}, first_order={c.first_order!r}, "
-            f"accept={c.accept!r}, normalize={c.normalize!r}, compute_dtype={c.compute_dtype}"
-        )
+        return (f"output_dim={self.output_dim}, ratio={c.ratio}, scale={c.scale}, first_order={c.first_order!r}, "
+                f"accept={c.accept!r}, normalize={c.normalize!r}, compute_dtype={c.compute_dtype}")
 
     # -- the step -------------------------------------------------------------------------
     def _work_dtype(self, x: Tensor) -> torch.dtype:
@@ -647,7 +648,8 @@ class GAL(_GALCore):
     Outputs may be one tensor or a list/tuple of tensors (multi-scale heads); ``loss_fn``
     receives the same structure. Counters ``num_steps``, ``num_accepted`` and
     ``num_fallbacks`` are buffers and, with h and the options, part of ``state_dict()``.
-    The options are readable (and settable, validated) as attributes: ``gal.ratio``...
+    The options are attributes: ``gal.ratio = 0.01`` (validated); ``hidden``, ``activation``,
+    ``seed`` and ``dim`` are read-only (they shape h).
     """
 
     def __init__(
@@ -755,7 +757,7 @@ class ParamGAL(_GALCore):
             ``torch.func.functional_call``) or an iterable of floating tensors (``loss_fn``
             receives a list shaped like them). Mixed dtypes are computed in ``compute_dtype``
             (or their promoted dtype) and each gradient is returned in its tensor's dtype.
-        ratio and the keyword options: as :class:`GAL` (``dim`` does not apply). With
+        ratio and the keyword options: as :class:`GAL` (``dim`` and ``normalize`` do not apply). With
             ``first_order="mean"`` the first-order term is averaged over the vector's P
             elements, as the release's toy does.
     """

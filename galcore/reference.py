@@ -1,6 +1,6 @@
 """The release's GAL step, restated plainly: the oracle the fast code is tested against.
 
-This is GAL.md's "one iteration" written as directly as PyTorch allows, one operation per
+This is the paper's "one iteration" (Algorithm 1) written as directly as PyTorch allows, one operation per
 line, with no fault handling, no dtype management and no speed tricks. ``galcore.GAL`` and
 ``galcore.ParamGAL`` must produce the same decisions and gradients (tests/test_reference.py),
 in every option this function takes. Read this file to learn the method; read ``gal.py`` for

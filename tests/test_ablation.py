@@ -172,3 +172,20 @@ def test_ray_table_rises_only_for_a_large_ratio() -> None:
     assert table.loc[0.1, "t with a rise"].startswith("0/") and np.isnan(table.loc[0.1, "smallest such t"])
     assert table.loc[1.0, "t with a rise"].startswith("0/")
     assert not table.loc[3.0, "t with a rise"].startswith("0/")
+
+
+def test_accept_text_does_not_compare_arms_that_both_diverged() -> None:
+    arms = ["lr=1 | decrease", "lr=1 | always", "lr=2 | decrease", "lr=2 | always"]
+    finals = pd.DataFrame({
+        "arm": [a for a in arms for _ in range(2)],
+        "rejected_rate": [0.1, 0.2, 0.0, 0.0, 0.3, 0.1, 0.0, 0.0],
+        "fallback_rate": 0.0,
+        "diverged": [True, True, True, True, False, False, False, True],
+    })
+    row = {"metric": "test_error", "verdict": "equivalent", "mean_diff": 0.0, "low": 0.0, "high": 0.0, "mde": 0.0}
+    verdicts = pd.DataFrame([{**row, "arm": "lr=1 | always", "control": "lr=1 | decrease"},
+                             {**row, "arm": "lr=2 | always", "control": "lr=2 | decrease"}])
+    text = A.accept_text(finals, verdicts)
+    assert "lr=1 | always: both arms diverged on every seed" in text
+    assert "lr=2 | always: equivalent (+0 [+0, +0] points, mde 0)" in text  # one seed of one arm did not diverge
+    assert "lr=1 | decrease (up to 0.2 of the steps; faults up to 0; diverged 2/2)" in text

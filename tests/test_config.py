@@ -71,12 +71,21 @@ def test_options_are_settable_with_validation() -> None:
     assert gal.ratio == 0.2
 
 
+def test_options_that_shape_h_are_read_only() -> None:
+    gal = GAL(4, hidden=(8,), activation="ReLU", seed=3)
+    assert (gal.hidden, gal.activation, gal.seed) == ((8,), "relu", 3)  # names stored lower-case
+    for name, value in (("hidden", (16,)), ("activation", "tanh"), ("seed", 4)):
+        with pytest.raises(AttributeError, match=f"{name} is fixed at construction"):
+            setattr(gal, name, value)
+    assert gal.config == GALConfig(hidden=(8,), activation="relu", seed=3) and "hidden" not in gal.__dict__
+
+
 def test_config_and_options_are_exclusive() -> None:
     cfg = GALConfig(ratio=0.05, hidden=(8,))
     gal = GAL(4, config=cfg)
     assert gal.config is cfg and [m.out_features for m in gal.h] == [8, 4]
-    with pytest.raises(TypeError, match="either config"):
-        GAL(4, scale=2.0, config=cfg)
+    with pytest.raises(TypeError, match="either config.*got scale, seed"):
+        GAL(4, scale=2.0, seed=1, config=cfg)
 
 
 def test_every_option_round_trips_through_state_dict() -> None:

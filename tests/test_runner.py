@@ -91,8 +91,9 @@ def _row(setting: str, **values: object) -> dict[str, object]:
 def test_summary_gathers_conclusions_and_tables_with_verdicts(tmp_path: Path) -> None:
     task = tmp_path / "02_classification"
     task.mkdir()
-    pd.DataFrame([_row("sgd"), _row("adam", verdict="inconclusive", mean_diff=0.01, low=-0.2, high=0.22)]).to_csv(task / "summary.csv", index=False)
-    (task / "conclusion.md").write_text("CONCLUSION-MARKER\n")
+    pd.DataFrame([_row("sgd"), _row("adam", verdict="inconclusive", mean_diff=0.01, low=-0.2, high=0.22),
+                  _row("r=0.1 | frozen"), _row("diverged", mean_treatment=1.9e31)]).to_csv(task / "summary.csv", index=False)
+    (task / "conclusion.md").write_text("## 02 · Classification\n\nCONCLUSION-MARKER\n")
     theory = tmp_path / "01_theory"
     theory.mkdir()
     (theory / "conclusion.md").write_text("THEORY-MARKER\n")
@@ -110,6 +111,9 @@ def test_summary_gathers_conclusions_and_tables_with_verdicts(tmp_path: Path) ->
     i_theory, i_clf, i_legacy = (lines.index(f"## {n}") for n in ("01_theory", "02_classification", "03_legacy"))
     assert i_theory < lines.index("THEORY-MARKER") < i_clf < lines.index("CONCLUSION-MARKER") < lines.index(header) < i_legacy
     assert "| m | 1 | 1 | 0 | -1 | 1 | 1 | 3 | n/a |" in lines  # a table without verdicts is not given one
+    assert "| r=0.1 \\| frozen | test_error | 2 | 1.9 | -0.1 | -0.2 | -0.01 | 0.03 | 10 | 0.08 | 0.05 | better | 25 | 10 |" in lines
+    assert "## 02 · Classification" not in text  # one heading per notebook
+    assert "| diverged | test_error | 2 | 1.9e+31 |" in text  # large values in short form
     out = write_summary(tmp_path, profile="default")
     env = json.loads((tmp_path / "environment.json").read_text())
     assert env["profile"] == "default" and set(env["packages"]) == set(PACKAGES)

@@ -670,9 +670,16 @@ def accept_text(finals: pd.DataFrame, verdicts: pd.DataFrame) -> str:
             f"{a} (up to {v:.3g} of the steps; faults up to {faults[a]:.3g}; diverged {div[a]})" for a, v in acted.items())
             + ".")
     other = pairs[pairs["verdict"] != "identical"]
+
+    def all_diverged(arm: str) -> bool:
+        done, _, n = str(div.get(arm, "")).partition("/")
+        return bool(n) and done == n
+
     if not other.empty:
         lines.append("- Where the rule acted, `always` against `decrease` on test error: " + "; ".join(
-            f"{r['arm']}: {_diff(r, ' points')}" for _, r in other.iterrows()) + ".")
+            f"{r['arm']}: " + ("both arms diverged on every seed, so their equal test errors say nothing"
+                               if all_diverged(r["arm"]) and all_diverged(r["control"]) else _diff(r, " points"))
+            for _, r in other.iterrows()) + ".")
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ class StepRunner:
 
 
 class ReleaseRunner(StepRunner):
-    """The public release's GAL step (GAL.md, "one iteration"), restated to time what its code
+    """The public release's GAL step (the paper's Algorithm 1, "one iteration"), restated to time what its code
     does on a CPU: float32 throughout, no fault handling, ``first_order="mean"``, h (a plain
     ``nn.Sequential`` of ``nn.Linear``, ``h``) in the same optimizer as the model. Like the
     release's code it copies the outputs and their gradient through NumPy (its host round

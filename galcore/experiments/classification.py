@@ -100,7 +100,7 @@ __all__ = [
 #: optimizer display names, in order (the release's three, then Adam)
 OPTIMIZER_NAMES: tuple[str, ...] = ("SGD+momentum", "Lookahead(SGD)", "AdaBound", "Adam")
 
-#: The release's CIFAR optimizers (GAL.md); Adam is not in the release (lr chosen for fine-tuning).
+#: The release's CIFAR optimizers (the paper and its release); Adam is not in the release (lr chosen for fine-tuning).
 RELEASE_OPTIMIZERS: dict[str, dict[str, Any]] = {
     "SGD+momentum": {"optimizer": "momentum", "lr": 0.05, "optimizer_kwargs": {"weight_decay": 1e-5}},
     "Lookahead(SGD)": {"optimizer": "lookahead", "lr": 0.05, "optimizer_kwargs": {"k": 5, "alpha": 0.8, "weight_decay": 1e-5}},
@@ -155,7 +155,7 @@ ADAPTIVE_ARMS: tuple[str, ...] = ("standard", "gal")
 #: equivalence margin for test error (percentage points): the release's smallest gain
 #: (CIFAR-10, SGD: 1.86% -> 1.78%)
 MARGIN_ERROR = 0.08
-#: the release's gains in classification error, smallest and largest (points; GAL.md)
+#: the release's gains in classification error, smallest and largest (points; the paper)
 RELEASE_GAINS: tuple[float, float] = (0.08, 0.63)
 #: equivalence margin for test NLL, relative to the standard arm's mean NLL
 NLL_MARGIN_REL = 0.01

@@ -108,9 +108,9 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("gal", "gal_frozen", "remainder_ratio"),
 )
 
-#: GAL's ratio in the release, per setting (GAL.md)
+#: GAL's ratio in the release, per setting (the paper and its release)
 RELEASE_RATIOS: dict[str, float] = {"CIFAR-10": 1e-3, "CIFAR-100": 1e-2, "ImageNet": 1e-3}
-#: the release's test errors (%), (standard, GAL), per dataset and optimizer (GAL.md); ImageNet
+#: the release's test errors (%), (standard, GAL), per dataset and optimizer (the paper and its release); ImageNet
 #: top-1 / top-5 errors are 100 - accuracy
 RELEASE_ERRORS: dict[tuple[str, str], tuple[float, float]] = {
     ("CIFAR-10", "SGD"): (1.86, 1.78),

@@ -96,8 +96,8 @@ def _fmt(v: Any) -> str:
             return "inf" if v > 0 else "-inf"
         if v == int(v) and abs(v) < 1e6:
             return str(int(v))
-        return f"{v:.3g}" if abs(v) < 1e-3 else f"{v:.4f}".rstrip("0").rstrip(".")
-    return str(v)
+        return f"{v:.3g}" if abs(v) < 1e-3 or abs(v) >= 1e6 else f"{v:.4f}".rstrip("0").rstrip(".")
+    return str(v).replace("|", "\\|")  # a cell's own bar must not split the markdown row
 
 
 def _table(df: pd.DataFrame) -> str:
@@ -129,8 +129,11 @@ def render_summary(results: Path, profile: str | None = None, run_log: dict[str,
     for folder in folders:
         parts += ["", f"## {folder.name}"]
         conclusion = folder / "conclusion.md"
-        if conclusion.is_file() and conclusion.read_text().strip():
-            parts += ["", conclusion.read_text().strip()]
+        text = conclusion.read_text().strip() if conclusion.is_file() else ""
+        if text.startswith("#"):  # the notebook's own heading: the folder's heading above stands for it
+            text = text.partition("\n")[2].strip()
+        if text:
+            parts += ["", text]
         table = folder / "summary.csv"
         if table.is_file():
             parts += ["", _table(pd.read_csv(table))]

@@ -1,6 +1,6 @@
 """The release's 3D toy: GAL in parameter space on a two-minimum surface z(x, y).
 
-The surface (GAL.md, ``3d_example/`` of the release)::
+The surface (``3d_example/`` of the release)::
 
     z(x, y) = -sin(x^2) cos(3 y^2) exp(-(x y)^2) - exp(-(x + y)^2)
 
@@ -100,7 +100,7 @@ class ToySetting:
     seed: int = 0
 
 
-#: The release's toy settings (GAL.md), keyed by short name.
+#: The release's toy settings (the paper and its release), keyed by short name.
 TOY_SETTINGS: dict[str, ToySetting] = {
     "gd": ToySetting("gd", "GD", "sgd", 0.1, 100, 0.2, seed=2679),
     "lookahead": ToySetting(

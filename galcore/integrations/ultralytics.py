@@ -323,9 +323,8 @@ def _trainer_class() -> type:
 
         Pass it as ``YOLO(...).train(trainer=GALDetectionTrainer, ...)``. GAL's options come from
         the same call: ``gal=`` (a :class:`GALConfig`, a dict or a yaml/json path) and/or
-        ``gal_<option>=`` keywords (``gal_ratio``, ``gal_scale``, ``gal_hidden``,
-        ``gal_activation``, ``gal_first_order``, ``gal_accept``, ``gal_compute_dtype``,
-        ``gal_track_plain``, ``gal_lr_factor``, ``gal_seed``); keywords win. When resuming
+        ``gal_<option>=`` keywords (every :class:`GALConfig` field but ``dim``, which is the head's
+        channel axis, 1: ``gal_ratio``, ``gal_normalize``, ``gal_lr_factor``...); keywords win. When resuming
         (``resume=True`` / a ``last.pt``), the checkpoint's options and state are used.
 
         Attributes:
@@ -420,9 +419,10 @@ def _trainer_class() -> type:
             model.criterion = GALCriterion(inner, self.gal, self._current_lr, model, self._gal_steps.append)
             self.gal.train()
             if self.save_dir and not self.resume:  # a new run (exist_ok may reuse a folder): start clean
-                with contextlib.suppress(OSError):
-                    (self.save_dir / "gal_steps.csv").unlink(missing_ok=True)
-                    (self.save_dir / "gal.json").write_text(json.dumps(self.gal_config.to_dict(), indent=2))
+                for write in (lambda: (self.save_dir / "gal_steps.csv").unlink(missing_ok=True),
+                              lambda: (self.save_dir / "gal.json").write_text(json.dumps(self.gal_config.to_dict(), indent=2))):
+                    with contextlib.suppress(OSError):
+                        write()
 
         def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
             super()._load_checkpoint_state(ckpt)
