@@ -42,13 +42,13 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.
 
 
 def _activation(spec: ActivationSpec) -> Callable[[], nn.Module] | None:
-    if spec is None or (callable(spec) and not isinstance(spec, str)):
+    if spec is None or callable(spec):  # a str is not callable
         return spec
-    if isinstance(spec, str) and spec.lower() in _ACTIVATIONS:
-        return _ACTIVATIONS[spec.lower()]
-    if isinstance(spec, str):
+    if not isinstance(spec, str):
+        raise TypeError(f"activation must be a name, a callable returning a module, or None; got {spec!r}")
+    if spec.lower() not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {spec!r}; use one of {sorted(_ACTIVATIONS)}, a module factory, or None")
-    raise TypeError(f"activation must be a name, a callable returning a module, or None; got {spec!r}")
+    return _ACTIVATIONS[spec.lower()]
 
 
 def make_adjuster(output_dim: int, hidden: Sequence[int] = (), activation: ActivationSpec = None) -> nn.Sequential:

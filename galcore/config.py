@@ -139,7 +139,7 @@ class GALConfig:
             put(self, "hidden", tuple(int(w) for w in self.hidden))
         if self.activation is not None:
             if not isinstance(self.activation, str):
-                    raise TypeError(f"activation must be a name or None, got {type(self.activation).__name__} "
+                raise TypeError(f"activation must be a name or None, got {type(self.activation).__name__} "
                                 "(for a custom h pass h=module to GAL)")
             put(self, "activation", _choice("activation", self.activation.lower(), ("relu", "gelu", "tanh", "silu")))
         _choice("first_order", self.first_order, ("sum", "mean"))

@@ -532,7 +532,7 @@ class _GALCore(nn.Module):
         record = GALStep(out.loss0, out.loss1, out.remainder, out.objective.detach(), out.accepted, out.fallback, plain)
         # a frozen h learns nothing by design: never at the rounding level
         at_rounding = out.at_rounding if params else torch.zeros_like(out.accepted)
-        return _Pending(roots, grads, value.detach() if value.requires_grad else value, objective, record, at_rounding)
+        return _Pending(roots, grads, value.detach(), objective, record, at_rounding)
 
     def _commit(self, step: _Pending) -> GALStep:
         """The call succeeded: count it, keep its record, watch for an objective at rounding level."""
@@ -628,7 +628,6 @@ class _GALCore(nn.Module):
         state["_compiled"] = None  # rebuilt on the next step; compiled code does not pickle
         state["_rounding_pending"] = None
         return state
-
 
 
 class GAL(_GALCore):

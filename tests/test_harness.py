@@ -246,7 +246,7 @@ class _CountingHook(H.StepHook):
 
 def test_a_step_hook_watches_without_changing_the_run(results: Path) -> None:
     cfg = dataclasses.replace(BASE, epochs=2, gal={"ratio": 0.1})
-    model_fn = lambda: MLP(16, 4, hidden=(8,))  # noqa: E731
+    model_fn = lambda: MLP(16, 4, hidden=(8,))
     hook = _CountingHook()
     hooked = run(cfg, _data(0), model_fn, hook=hook, cache=True)
     plain = run(cfg, _data(0), model_fn, cache=True)

@@ -52,6 +52,21 @@ print('ok', len(galcore.__all__))
     assert out.stdout.startswith("ok")
 
 
+def test_import_galcore_adds_nothing_beyond_torch() -> None:
+    """With everything installed: the core loads no package that ``import torch`` did not load
+    already (torch itself imports tqdm and numpy when present, e.g. ``torch.hub``'s progress bar)."""
+    code = """
+import sys, torch
+before = set(sys.modules)
+import galcore, galcore.gal, galcore.config, galcore.reference, galcore.remainder, galcore.distributed
+import galcore.adjuster, galcore.integrations, galcore.integrations.ultralytics
+print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "['galcore']"
+
+
 def test_the_core_stays_small() -> None:
     lines = sum(len(p.read_text().splitlines()) for p in CORE)
     assert lines <= 2050, f"the core has {lines} lines (keep it near 2,000: the experiments go in galcore/experiments)"

@@ -67,6 +67,11 @@ def test_runner_runs_in_parallel_names_failures_and_keeps_figures(tmp_path: Path
     assert printed[1:] == ["log", "1"] and "inline" in printed[0]
     summary = (results / "summary.md").read_text()
     assert "| 01_bad | failed at cell 2" in summary and "| 02_good | ok |" in summary
+    assert notebook_runner.main(["--notebooks", str(books), "--profile", "smoke", "--only", "02"]) == 0
+    rerun = json.loads((results / "run_log.json").read_text())  # a partial run updates its notebooks only
+    assert [nb["name"] for nb in rerun["notebooks"]] == ["01_bad", "02_good", "03_figures"]
+    assert rerun["notebooks"][0] == bad and rerun["notebooks"][1]["seconds"] != good["seconds"]
+    assert rerun["seconds"] == log["seconds"] and rerun["rerun"]["only"] == ["02"] and rerun["rerun"]["seconds"] > 0
 
 
 def test_longest_first_order_and_kernel_environment() -> None:

@@ -220,21 +220,17 @@ def studies(profile: Profile | None = None) -> dict[str, Study]:
         space[frozen] = gal_arm(t.base, 0.1, "frozen", space=where, **small)
         space_pairs.append((f"{where} space, r=0.1", frozen))
 
-    def study(name: str, question: str, arms: dict[str, TrainConfig], control: str, on: Setup,
-              pairs: list[tuple[str, str]]) -> Study:
-        return Study(name, question, arms, control, on, tuple(pairs))
-
     return {
-        "dose": study("dose", "What does the adjustment's size r do, for each way h learns?", dose, "standard", s,
-                      dose_pairs),
-        "batch": study("batch", "Does bounding the batch's summed adjustment (normalize='batch') remove the collapse "
-                       "at large r, and what does it cost at small r?", batch, "standard", s, batch_pairs),
-        "accept": study("accept", "Are tentative steps ever rejected, so that the acceptance rule acts?", accept,
-                        "sgd lr=0.1 | standard", s, accept_pairs),
-        "factors": study("factors", "Around an active base (r = 0.1, h trained by its own Adam), what does each "
-                         "setting change?", factors, b, s, factor_pairs),
-        "space": study("space", "Adjusting the outputs' gradient or the parameters' gradient?", space, "standard", t,
-                       space_pairs),
+        "dose": Study("dose", "What does the adjustment's size r do, for each way h learns?", dose, "standard", s,
+                      tuple(dose_pairs)),
+        "batch": Study("batch", "Does bounding the batch's summed adjustment (normalize='batch') remove the collapse "
+                       "at large r, and what does it cost at small r?", batch, "standard", s, tuple(batch_pairs)),
+        "accept": Study("accept", "Are tentative steps ever rejected, so that the acceptance rule acts?", accept,
+                        "sgd lr=0.1 | standard", s, tuple(accept_pairs)),
+        "factors": Study("factors", "Around an active base (r = 0.1, h trained by its own Adam), what does each "
+                         "setting change?", factors, b, s, tuple(factor_pairs)),
+        "space": Study("space", "Adjusting the outputs' gradient or the parameters' gradient?", space, "standard", t,
+                       tuple(space_pairs)),
     }
 
 
@@ -265,16 +261,13 @@ def run_study(study: Study, *, cache: bool = True, progress: bool = True) -> tup
     s = study.setup
     traced = {k: v for k, v in study.arms.items() if v.space == "output"}
     plain = {k: v for k, v in study.arms.items() if v.space != "output"}
-    parts = [mechanism.trace_arms(traced, s.seeds, s.data, s.model_fn, cache=cache, progress=progress)]
+    finals, hists = mechanism.trace_arms(traced, s.seeds, s.data, s.model_fn, cache=cache, progress=progress)
     if plain:
-        parts.append(harness.run_arms(plain, s.seeds, s.data, s.model_fn, cache=cache, progress=progress))
-    if plain:
-        _add_step_counts(parts[-1][0], parts[-1][1], -(-len(s.data.x_train) // s.base.batch_size))
-    finals = pd.concat([p[0] for p in parts], ignore_index=True)
-    hists = pd.concat([p[1] for p in parts], ignore_index=True)
-    if "diverged" not in finals or finals["diverged"].isna().any():
-        div = finals.apply(lambda row: float(mechanism.diverged(row, s.data.num_outputs)), axis=1)
-        finals["diverged"] = finals.get("diverged", div).fillna(div)
+        pf, ph = harness.run_arms(plain, s.seeds, s.data, s.model_fn, cache=cache, progress=progress)
+        _add_step_counts(pf, ph, -(-len(s.data.x_train) // s.base.batch_size))
+        pf["diverged"] = pf.apply(lambda row: float(mechanism.diverged(row, s.data.num_outputs)), axis=1)
+        finals = pd.concat([finals, pf], ignore_index=True)
+        hists = pd.concat([hists, ph], ignore_index=True)
     return finals, hists
 
 

@@ -211,15 +211,16 @@ class Benchmark:
 
 
 # -- data and setups -----------------------------------------------------------------------------
-def _digits_data(n_train: int | None) -> Data:
-    d = digits()
-    if n_train is None or n_train >= len(d.x_train):
-        return d
-    return replace(d, name=f"{d.name}-n{n_train}", x_train=d.x_train[:n_train], y_train=d.y_train[:n_train])
+def _first(data: Data, n_train: int | None) -> Data:
+    """``data`` with only its first ``n_train`` training rows (named ``-n{n_train}``); unchanged
+    when ``n_train`` is None or not smaller than the training set."""
+    if n_train is None or n_train >= len(data.x_train):
+        return data
+    return replace(data, name=f"{data.name}-n{n_train}", x_train=data.x_train[:n_train], y_train=data.y_train[:n_train])
 
 
 def _digits_setup(plan: Mapping[str, Any], model: str) -> Setup:
-    data = _digits_data(plan["n_train"])
+    data = _first(digits(), plan["n_train"])
     width = int(plan["width"])
     if model == "smallcnn":
         model_fn: Any = lambda: SmallCNN(1, data.num_outputs, 8, width)
@@ -260,11 +261,7 @@ def mnist1d_setup(profile: Profile | None = None) -> Setup:
     CNN, the standard SGD arm, and the largest seed set of the plan."""
     p = profile or get_profile()
     plan = _MNIST1D_PLAN[p]
-    raw = mnist1d(4000, plan["n_test"])
-    if plan["n_train"] < len(raw.x_train):
-        raw = replace(raw, name=f"{raw.name}-n{plan['n_train']}", x_train=raw.x_train[: plan["n_train"]],
-                      y_train=raw.y_train[: plan["n_train"]])
-    data = stack_passes(raw, int(plan["passes"]))
+    data = stack_passes(_first(mnist1d(4000, plan["n_test"]), plan["n_train"]), int(plan["passes"]))
     sgd = MNIST1D_OPTIMIZERS["SGD+momentum"]
     base = TrainConfig(
         model="mnist1d-cnn25", data=data.name, optimizer=sgd["optimizer"], lr=sgd["lr"], optimizer_kwargs=dict(sgd["optimizer_kwargs"]),
@@ -469,6 +466,11 @@ def run_benchmark(bench: Benchmark, *, cache: bool = True, progress: bool = True
 
 
 # -- comparisons ---------------------------------------------------------------------------------
+def _seeds_needed(sd: float, effect: float) -> float:
+    """:func:`stats.seeds_needed` at 80% power, NaN where the paired SD is not finite."""
+    return stats.seeds_needed(sd, effect) if math.isfinite(sd) else math.nan
+
+
 def compare_table(finals: pd.DataFrame, *, margin_error: float = MARGIN_ERROR, nll_margin_rel: float = NLL_MARGIN_REL,
                   effect: float = RELEASE_GAINS[0]) -> pd.DataFrame:
     """:func:`galcore.experiments.harness.compare` per (data, optimizer) for ``test_error``
@@ -479,8 +481,7 @@ def compare_table(finals: pd.DataFrame, *, margin_error: float = MARGIN_ERROR, n
     rows = []
     for (data, opt), group in finals.groupby(["data", "optimizer"], sort=False):
         err = compare(group, "test_error", margin=margin_error, lower_is_better=True, effect=effect)
-        err["seeds_needed_large"] = [stats.seeds_needed(s, RELEASE_GAINS[1]) if math.isfinite(s) else math.nan
-                                     for s in err["sd_diff"]]
+        err["seeds_needed_large"] = [_seeds_needed(s, RELEASE_GAINS[1]) for s in err["sd_diff"]]
         nll_margin = nll_margin_rel * float(group.loc[group["arm"] == "standard", "test_loss"].mean())
         nll = compare(group, "test_loss", margin=nll_margin, lower_is_better=True)
         for t in (err, nll):
@@ -510,14 +511,12 @@ def sizing_table(table: pd.DataFrame, target_mde: float = TARGET_MDE) -> pd.Data
     gains (80% power, two-sided 5%)."""
     t = table[table["metric"] == "test_error"]
     rows = []
-    def need(sd: float, effect: float) -> float:
-        return stats.seeds_needed(sd, effect) if math.isfinite(sd) else math.nan
-
     for r in t.itertuples():
         sd = float(r.sd_diff)
         rows.append({"data": r.data, "optimizer": r.optimizer, "arm": r.arm, "n": r.n, "sd_diff": sd, "mde": r.mde,
-                     "meets_target": bool(r.mde <= target_mde), f"seeds_for_mde_{target_mde:g}": need(sd, target_mde),
-                     f"seeds_for_{RELEASE_GAINS[0]:g}": need(sd, RELEASE_GAINS[0]), f"seeds_for_{RELEASE_GAINS[1]:g}": need(sd, RELEASE_GAINS[1])})
+                     "meets_target": bool(r.mde <= target_mde), f"seeds_for_mde_{target_mde:g}": _seeds_needed(sd, target_mde),
+                     f"seeds_for_{RELEASE_GAINS[0]:g}": _seeds_needed(sd, RELEASE_GAINS[0]),
+                     f"seeds_for_{RELEASE_GAINS[1]:g}": _seeds_needed(sd, RELEASE_GAINS[1])})
     return pd.DataFrame(rows)
 
 
@@ -607,7 +606,7 @@ def findings_text(table: pd.DataFrame) -> str:
             bits.append(s)
         n = int(g["n"].max())
         lines.append(f"- **{data}, {opt}** ({n} seeds): " + "; ".join(bits) + ".")
-    return "GAL − standard, paired over seeds (margin 0.08 points of error):\n\n" + "\n".join(lines)
+    return f"GAL − standard, paired over seeds (margin {MARGIN_ERROR:g} points of error):\n\n" + "\n".join(lines)
 
 
 def scope_text(table: pd.DataFrame) -> str:

@@ -257,18 +257,11 @@ def trace_arms(
     if not arms or not seeds:
         raise ValueError("arms and seeds: give at least one of each")
     arms = {k: (_traced(v) if v.gal is not None else v) for k, v in arms.items()}
-    finals, hists = harness.run_arms(
-        arms, seeds, data, model_fn, cache=cache, progress=progress,
-        hook=lambda cfg: Tracer(every) if cfg.gal is not None else None,
-    )
-    for (arm, seed), group in hists.groupby(["arm", "seed"], sort=False):
-        if arms[arm].gal is None:
-            continue
-        means = _summarise(RunResult({}, group.to_dict("records"), {}, 0.0), data.num_outputs).final
-        idx = (finals["arm"] == arm) & (finals["seed"] == seed)
-        for k, v in means.items():
-            if k != "diverged":
-                finals.loc[idx, k] = v
+
+    def one(cfg: TrainConfig, d: Data, m: Callable[[], nn.Module], c: bool) -> RunResult:
+        return trace(cfg, d, m, every=every, cache=c) if cfg.gal is not None else harness.run(cfg, d, m, cache=c)
+
+    finals, hists = harness.run_arms(arms, seeds, data, model_fn, cache=cache, progress=progress, runner=one)
     finals["diverged"] = finals.apply(lambda row: float(diverged(row, data.num_outputs)), axis=1)
     return finals, hists
 

@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             merged = {nb["name"]: nb for nb in earlier.get("notebooks", [])}
             merged.update({o.name: asdict(o) for o in outcomes})
             log["notebooks"] = [merged[k] for k in sorted(merged)]
+            # the job's time stays the last full run's; this partial run's is kept beside it
+            log.update(seconds=earlier.get("seconds"), rerun={"only": args.only, "seconds": total})
     log_path.write_text(json.dumps(log, indent=2))
     summary = write_summary(out.parent, profile=args.profile, run_log=log)
     failed = [o for o in outcomes if not o.ok]

@@ -473,6 +473,28 @@ def _counts(verdicts: pd.Series) -> str:
     return ", ".join(f"{n} {v}" for v, n in verdicts.value_counts().items())
 
 
+_ROW_TEXT: dict[tuple[str, str], Callable[[pd.Series], str]] = {
+    ("gal vs standard", "test_rmse"): lambda r: (
+        f"GAL vs standard: **{r['verdict']}** (test RMSE {r['mean_control']:.4f} -> {r['mean_treatment']:.4f}, "
+        f"difference {r['mean_diff']:+.4f}, 95% CI [{r['low']:+.4f}, {r['high']:+.4f}]; mde {_fmt(r['mde'])}, "
+        f"margin {_fmt(r['margin'])}; {_fmt(r['seeds_needed'])} seeds would detect a margin-sized difference, "
+        f"{int(r['n'])} were run)"
+    ),
+    ("gal_frozen vs standard", "test_rmse"): lambda r: (
+        f"GAL with a frozen h vs standard: **{r['verdict']}** (difference {r['mean_diff']:+.4f}, mde {_fmt(r['mde'])})"
+    ),
+    ("gal vs gal_frozen", "test_rmse"): lambda r: (
+        f"learned vs frozen h: **{r['verdict']}** (difference {r['mean_diff']:+.4f}, mde {_fmt(r['mde'])})"
+    ),
+    ("gal vs gal_frozen", "remainder_ratio"): lambda r: (
+        f"|remainder| of the adjusted step over the plain one (last {100 * TAIL:g}% of the epochs), learned vs "
+        f"frozen h: **{r['verdict']}** "
+        f"({r['mean_control']:.3f} -> {r['mean_treatment']:.3f}, mde {_fmt(r['mde'])}, margin {_fmt(r['margin'])})"
+    ),
+}
+"""Per (setting, metric) row of :func:`compare_task`: the conclusion's words for it, in this order."""
+
+
 def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | None = None) -> str:
     """The notebook's conclusion, computed from :func:`compare_task`'s verdicts (and
     :func:`h_probe`'s measurements, keyed by a label): a headline per question, then per dataset
@@ -523,33 +545,7 @@ def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | 
     lines = []
     for (ds, c, opt), g in table.groupby(["dataset", "outputs", "optimizer"], sort=False):
         g = g.set_index(["setting", "metric"])
-        parts = []
-        key = ("gal vs standard", "test_rmse")
-        if key in g.index:
-            r = g.loc[key]
-            parts.append(
-                f"GAL vs standard: **{r['verdict']}** (test RMSE {r['mean_control']:.4f} -> {r['mean_treatment']:.4f}, "
-                f"difference {r['mean_diff']:+.4f}, 95% CI [{r['low']:+.4f}, {r['high']:+.4f}]; mde {_fmt(r['mde'])}, "
-                f"margin {_fmt(r['margin'])}; {_fmt(r['seeds_needed'])} seeds would detect a margin-sized difference, "
-                f"{int(r['n'])} were run)"
-            )
-        key = ("gal_frozen vs standard", "test_rmse")
-        if key in g.index:
-            r = g.loc[key]
-            parts.append(f"GAL with a frozen h vs standard: **{r['verdict']}** (difference {r['mean_diff']:+.4f}, "
-                         f"mde {_fmt(r['mde'])})")
-        key = ("gal vs gal_frozen", "test_rmse")
-        if key in g.index:
-            r = g.loc[key]
-            parts.append(f"learned vs frozen h: **{r['verdict']}** (difference {r['mean_diff']:+.4f}, mde {_fmt(r['mde'])})")
-        key = ("gal vs gal_frozen", "remainder_ratio")
-        if key in g.index:
-            r = g.loc[key]
-            parts.append(
-                f"|remainder| of the adjusted step over the plain one (last {100 * TAIL:g}% of the epochs), learned vs "
-                f"frozen h: **{r['verdict']}** "
-                f"({r['mean_control']:.3f} -> {r['mean_treatment']:.3f}, mde {_fmt(r['mde'])}, margin {_fmt(r['margin'])})"
-            )
+        parts = [fmt(g.loc[key]) for key, fmt in _ROW_TEXT.items() if key in g.index]
         lines.append(f"- {ds} (C = {int(c)}), {opt}: " + "; ".join(parts) + ".")
     for label, p in (probes or {}).items():
         lines.append(

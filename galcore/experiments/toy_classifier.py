@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from galcore.experiments.harness import Data, TrainConfig
+from galcore.experiments.harness import H_SEED_OFFSET, Data, TrainConfig
 
 __all__ = [
     "ARMS",
@@ -148,7 +148,7 @@ def batch_perturbation(setting: ClassifierSetting | None = None, seed: int = 0, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = tiny_mlp(s.classes)
-        torch.manual_seed(10_000 + seed)  # the harness's h seed
+        torch.manual_seed(H_SEED_OFFSET + seed)  # the harness's h seed
         h = make_adjuster(s.classes, release_hidden(s.classes))
     logits = model(data.x_train[idx])
     x0 = logits.detach().requires_grad_(True)

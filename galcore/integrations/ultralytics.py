@@ -419,10 +419,10 @@ def _trainer_class() -> type:
             model.criterion = GALCriterion(inner, self.gal, self._current_lr, model, self._gal_steps.append)
             self.gal.train()
             if self.save_dir and not self.resume:  # a new run (exist_ok may reuse a folder): start clean
-                for write in (lambda: (self.save_dir / "gal_steps.csv").unlink(missing_ok=True),
-                              lambda: (self.save_dir / "gal.json").write_text(json.dumps(self.gal_config.to_dict(), indent=2))):
-                    with contextlib.suppress(OSError):
-                        write()
+                with contextlib.suppress(OSError):  # each on its own: a failed unlink still writes gal.json
+                    (self.save_dir / "gal_steps.csv").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (self.save_dir / "gal.json").write_text(json.dumps(self.gal_config.to_dict(), indent=2))
 
         def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
             super()._load_checkpoint_state(ckpt)
