@@ -8,6 +8,7 @@ an error naming the option, before any model, data or optimizer is touched.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["GALConfig", "resolve_dtype"]
+__all__ = ["GALConfig", "option_docs", "resolve_dtype"]
 
 FirstOrder = Literal["sum", "mean"]
 Accept = Literal["decrease", "always"]
@@ -142,9 +143,9 @@ class GALConfig:
                 raise TypeError(f"activation must be a name or None, got {type(self.activation).__name__} "
                                 "(for a custom h pass h=module to GAL)")
             put(self, "activation", _choice("activation", self.activation.lower(), ("relu", "gelu", "tanh", "silu")))
-        _choice("first_order", self.first_order, ("sum", "mean"))
-        _choice("accept", self.accept, ("decrease", "always"))
-        _choice("normalize", self.normalize, ("sample", "batch"))
+        for name, options in (("first_order", ("sum", "mean")), ("accept", ("decrease", "always")),
+                              ("normalize", ("sample", "batch"))):
+            put(self, name, _choice(name, getattr(self, name), options))
         if isinstance(self.dim, bool) or not isinstance(self.dim, numbers.Integral):
             raise TypeError(f"dim must be an int, got {type(self.dim).__name__} {self.dim!r}")
         put(self, "dim", int(self.dim))
@@ -154,6 +155,8 @@ class GALConfig:
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)):
             raise TypeError(f"seed must be an int or None, got {type(self.seed).__name__} {self.seed!r}")
+        if self.seed is not None:
+            put(self, "seed", int(self.seed))  # numpy integers become Python ints (JSON, weights_only loads)
 
     # -- conversions --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +194,9 @@ class GALConfig:
                 import yaml  # PyYAML (extras experiments/yolo): only for yaml files
 
                 base = yaml.safe_load(text) or {}
+            if not isinstance(base, Mapping):
+                raise TypeError(f"gal: {path} must hold a mapping of GAL options (at the top level or under "
+                                f"'gal:'), it holds a {type(base).__name__}: {base!r:.80}")
             if isinstance(base.get("gal"), Mapping):
                 base = dict(base["gal"])
         else:
@@ -201,3 +207,10 @@ class GALConfig:
         if unknown:
             raise ValueError(f"unknown GAL option(s) {unknown}; valid: {sorted(names)}")
         return cls(**base)
+
+
+def option_docs() -> str:
+    """The ``Attributes:`` section of :class:`GALConfig`'s docstring, dedented: the one description
+    of every option, which :class:`galcore.GAL` and :class:`galcore.ParamGAL` append to their own."""
+    doc = inspect.getdoc(GALConfig) or ""
+    return doc.split("Attributes:\n", 1)[1]
