@@ -38,9 +38,8 @@ from galcore import GAL, GALConfig, ParamGAL
 def test_bad_options_name_the_option(kwargs: dict, error: type, name: str) -> None:
     with pytest.raises(error, match=name):
         GALConfig(**kwargs)
-    if name not in ("lr_factor", "dim"):  # the same checks through GAL's own constructor
-        with pytest.raises(error, match=name):
-            GAL(3, **kwargs)
+    with pytest.raises(error, match=name):  # the same checks through GAL's own constructor
+        GAL(3, **kwargs)
 
 
 def test_dtype_names_are_accepted() -> None:

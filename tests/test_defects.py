@@ -54,15 +54,20 @@ def test_dense_maps_plain_gradient_is_bit_identical(ratio: float) -> None:
         assert torch.equal(p.grad, q.grad)
 
 
+@pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("other", [{"hidden": (16,)}, {"output_dim": 5}])
-def test_a_failed_load_changes_nothing(other: dict) -> None:
-    """D3: a load_state_dict that fails leaves options, counters and h as they were."""
+def test_a_failed_load_changes_nothing(other: dict, nested: bool) -> None:
+    """D3: a load_state_dict that fails leaves options, counters and h as they were, also when
+    GAL is loaded as part of a larger module."""
     src = GAL(other.get("output_dim", 4), ratio=0.3, hidden=other.get("hidden", (8,)), scale=2.0)
     src.num_steps += 7
     dst = GAL(4, ratio=0.1, hidden=(8,))
     before = copy.deepcopy(dst.state_dict())
     with pytest.raises((RuntimeError, ValueError)):
-        dst.load_state_dict(src.state_dict())
+        if nested:
+            nn.ModuleDict({"gal": dst}).load_state_dict(nn.ModuleDict({"gal": src}).state_dict())
+        else:
+            dst.load_state_dict(src.state_dict())
     assert dst.hidden == (8,) and dst.ratio == 0.1 and dst.scale == 1.0
     after = dst.state_dict()
     assert before.keys() == after.keys()
