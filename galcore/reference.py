@@ -3,7 +3,7 @@
 This is the paper's "one iteration" (Algorithm 1) written as directly as PyTorch allows, one operation per
 line, with no fault handling, no dtype management and no speed tricks. ``galcore.GAL`` and
 ``galcore.ParamGAL`` must produce the same decisions and gradients (tests/test_reference.py),
-in every option this function takes. Read this file to learn the method; read ``gal.py`` for
+in every option this function takes. Read this file to learn the method; read ``step.py`` for
 what runs.
 """
 
