@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from galcore.experiments.datasets import mnist1d
+from galcore.experiments.harness.data import mnist1d
 
 
 def test_mnist1d_training_set_does_not_depend_on_the_test_size(tmp_path, monkeypatch) -> None:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from galcore.experiments import margins as M
+from galcore.experiments.harness import margins as M
 
 
 def test_error_margin_is_the_stricter_reading_of_the_release_gain() -> None:

@@ -1,7 +1,7 @@
 """One equivalence-margin rule per metric, written once (the README repeats :data:`RULES`).
 
 A margin is the largest paired difference ``treatment - control`` that counts as negligible;
-:func:`galcore.experiments.stats.compare_pairs` calls two arms ``equivalent`` when the 90% t
+:func:`galcore.experiments.harness.stats.compare_pairs` calls two arms ``equivalent`` when the 90% t
 interval of the mean difference lies inside ``±margin``. Every rule is anchored on the gain the
 release reports for the setting the experiments reproduce: CIFAR-10, SGD, ``gal_ratio`` 1e-3,
 test error 1.86% -> 1.78% (:data:`ANCHOR`), the smallest top-1 gain of its CIFAR rows.
