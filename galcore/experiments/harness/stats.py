@@ -14,7 +14,8 @@ Every comparison in the notebooks pairs a treatment run with a control run on th
 - :func:`rank_test`: Wilcoxon signed-rank test with non-finite (diverged) values ranked worst.
 - :func:`holm`: Holm's step-down adjustment of a family of p-values.
 - :func:`compare_pairs`: every fact of one comparison and its verdict with the reason;
-  :func:`holm_verdicts` re-decides a study's comparisons from Holm-adjusted p-values.
+  :func:`holm_verdicts` re-decides a study's comparisons from Holm-adjusted p-values
+  (:func:`decide_with` one comparison from a given adjusted p).
 - :func:`verdict`: the verdict word alone, for a set of finite differences.
 
 Degenerate data never yield a confident number: with no spread in d, :func:`tost`,
@@ -32,7 +33,7 @@ import numpy as np
 from scipy import optimize, stats
 
 __all__ = [
-    "VERDICTS", "Comparison", "PairedResult", "compare_pairs", "holm", "holm_verdicts", "mde", "paired_ci",
+    "VERDICTS", "Comparison", "PairedResult", "compare_pairs", "decide_with", "holm", "holm_verdicts", "mde", "paired_ci",
     "paired_power", "rank_test", "seeds_needed", "tost", "tost_bound", "verdict",
 ]
 
@@ -373,8 +374,8 @@ def _decide(c: Comparison, p: float) -> tuple[str, str]:
         return "inconclusive", "one seed: no test"
     if not math.isfinite(c.sd_diff) or c.sd_diff == 0:
         if c.mean_diff == 0:
-            return "inconclusive", (f"no spread: the difference is 0 on all {c.n} seeds although the weights differ "
-                                    "(the metric does not resolve the arms)")
+            return "inconclusive", (f"no spread: the difference is 0 on all {c.n} seeds, the weights not shown "
+                                    "bit-identical (the metric does not resolve the arms)")
         if held and c.direction != 0:
             return side, f"no spread: the difference is {c.mean_diff:+.3g} on every seed; Wilcoxon signed-rank{adj}"
         return "inconclusive", (f"no spread: the difference is {c.mean_diff:+.3g} on every seed, too few seeds for a "
@@ -461,17 +462,20 @@ def compare_pairs(
     return replace(c, verdict=word, reason=why)
 
 
+def decide_with(c: Comparison, p_holm: float) -> Comparison:
+    """``c`` with ``p_holm`` set and its verdict and reason re-decided from it."""
+    c = replace(c, p_holm=float(p_holm))
+    word, why = _decide(c, float(p_holm))
+    return replace(c, verdict=word, reason=why)
+
+
 def holm_verdicts(comparisons: Sequence[Comparison]) -> list[Comparison]:
     """One study's comparisons with ``p_holm`` = Holm's adjustment of their ``p_value`` (over
-    those that made a test) and each verdict re-decided from it. The caller leaves out of the
-    family comparisons that repeat another's computation (bit-identical arms)."""
+    those that made a test) and each verdict re-decided from it (:func:`decide_with`). The
+    caller leaves out of the family comparisons that repeat another's computation
+    (bit-identical arms) and gives them their twin's ``p_holm``."""
     adj = holm([c.p_value for c in comparisons])
-    out = []
-    for c, p in zip(comparisons, adj, strict=True):
-        c = replace(c, p_holm=float(p))
-        word, why = _decide(c, float(p))
-        out.append(replace(c, verdict=word, reason=why))
-    return out
+    return [decide_with(c, float(p)) for c, p in zip(comparisons, adj, strict=True)]
 
 
 def verdict(diffs: Sequence[float], margin: float, lower_is_better: bool, identical: bool = False, alpha: float = 0.05,
