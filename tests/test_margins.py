@@ -46,3 +46,18 @@ def test_regression_margin_and_resolution() -> None:
     assert M.error_resolution(450) == pytest.approx(0.2222, abs=1e-4) and M.error_resolution(20000) == 0.005
     with pytest.raises(ValueError, match="n_test"):
         M.error_resolution(0)
+
+
+def test_margin_for_picks_the_rule_from_the_control_finals() -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
+    err = rng.normal(5.4, 0.3, size=12)
+    control = pd.DataFrame({"test_error": err, "test_loss": 0.03 * err + rng.normal(0, 0.002, size=12)})
+    assert M.margin_for("test_error", control).value == pytest.approx(0.08)
+    assert M.margin_for("test_loss", control).value == pytest.approx(M.margin_test_loss(err, control["test_loss"], 0.08).value)
+    assert M.margin_for("test_rmse", pd.DataFrame({"test_rmse": [2.0, 2.0]})).value == pytest.approx(2 * 0.08 / 1.86)
+    with pytest.raises(ValueError, match="metric"):
+        M.margin_for("test_map", control)
+    with pytest.raises(ValueError, match="test_rmse"):
+        M.margin_for("test_rmse", control)

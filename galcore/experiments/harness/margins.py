@@ -19,6 +19,7 @@ test error 1.86% -> 1.78% (:data:`ANCHOR`), the smallest top-1 gain of its CIFAR
 - :func:`error_resolution`: one test sample's worth of test error, ``100 / n_test`` points;
   equivalence on test error cannot be shown when it exceeds the margin.
 
+:func:`margin_for` picks the rule by metric name from the control arm's per-seed finals.
 Each rule returns a :class:`Margin`: its ``value`` (NaN when the rule cannot be applied, with
 the ``reason``) and the numbers it came from.
 """
@@ -28,13 +29,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 __all__ = [
     "ANCHOR", "ERROR_GAIN_POINTS", "ERROR_GAIN_RELATIVE", "RULES", "Margin", "error_resolution", "margin_test_error",
-    "margin_test_loss", "margin_test_rmse",
+    "margin_test_loss", "margin_test_rmse", "margin_for",
 ]
 
 #: the release's CIFAR-10 SGD row (EfficientNet-B1, gal_ratio 1e-3): test error %, standard and GAL
@@ -141,3 +143,22 @@ def margin_test_rmse(control_rmse: float | Sequence[float]) -> Margin:
     if not math.isfinite(base) or base <= 0:
         return Margin(float("nan"), "test_rmse", "RMSE units", f"control's mean RMSE {base!r} is not a positive number", detail)
     return Margin(ERROR_GAIN_RELATIVE * base, "test_rmse", "RMSE units", "the relative reading", detail)
+
+
+def margin_for(metric: str, control: Any) -> Margin:
+    """The margin of ``metric`` (``test_error``, ``test_loss``, ``test_rmse``) from the control
+    arm's per-seed finals ``control`` (a DataFrame with that column; ``test_loss`` also needs
+    ``test_error``). ``float(margin_for(...))`` is what :func:`galcore.experiments.harness.compare`
+    takes."""
+    if metric not in RULES:
+        raise ValueError(f"metric={metric!r} has no margin rule; rules: {', '.join(RULES)}")
+    need = ["test_error", "test_loss"] if metric == "test_loss" else [metric]
+    missing = [c for c in need if c not in getattr(control, "columns", ())]
+    if missing:
+        raise ValueError(f"control lacks columns {missing} (pass the control arm's rows of finals)")
+    if metric == "test_error":
+        return margin_test_error(control["test_error"].to_numpy(dtype=float))
+    if metric == "test_rmse":
+        return margin_test_rmse(control["test_rmse"].to_numpy(dtype=float))
+    err = control["test_error"].to_numpy(dtype=float)
+    return margin_test_loss(err, control["test_loss"].to_numpy(dtype=float), margin_test_error(err))
