@@ -76,3 +76,12 @@ def test_nan_weights_that_hash_alike_are_diverged_not_identical() -> None:
     ok = pd.DataFrame(rows).assign(m=1.0, weights_finite=False)
     assert compare(ok, "m", margin=0.08, lower_is_better=True)["verdict"].tolist() == ["diverged"]
     assert compare(ok.assign(weights_finite=True), "m", margin=0.08, lower_is_better=True)["verdict"].tolist() == ["identical"]
+
+
+def test_how_to_read_names_every_verdict_and_decision_column() -> None:
+    from galcore.experiments.harness.compare import HOW_TO_READ
+    from galcore.experiments.harness.stats import VERDICTS
+
+    for word in (*VERDICTS, "n_diverged", "p_holm", "tost_bound", "ci_excludes_0", "resolution", "reason", "same_as"):
+        assert f"`{word}`" in HOW_TO_READ, word
+    assert set(COMPARE_COLUMNS) >= {"n_diverged", "p_holm", "tost_bound", "ci_excludes_0", "resolution", "reason", "same_as"}

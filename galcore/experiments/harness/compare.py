@@ -17,7 +17,7 @@ import pandas as pd
 from galcore.experiments.harness import stats
 from galcore.experiments.harness.stats import paired_ci
 
-__all__ = ["COMPARE_COLUMNS", "compare", "paired_table"]
+__all__ = ["COMPARE_COLUMNS", "HOW_TO_READ", "compare", "paired_table"]
 
 #: the columns of :func:`compare`'s rows (after any ``by`` columns); see :func:`compare`
 COMPARE_COLUMNS = [
@@ -26,6 +26,24 @@ COMPARE_COLUMNS = [
     "verdict", "reason", "same_as", "seeds_needed", "effect",
 ]
 
+
+#: :func:`compare`'s columns and verdicts in words, for a report's "how to read" paragraph
+HOW_TO_READ = (
+    "Each row compares a treatment with its control on the same seeds, initial weights and data order. "
+    "`mean_diff` is the mean paired difference treatment - control of `metric` over `n` seeds, `low`/`high` its "
+    "95% t interval and `ci_excludes_0` whether it excludes 0; `n_diverged` counts seeds with a non-finite "
+    "metric in either arm (then the means and the interval are over the other seeds, and the test is Wilcoxon's "
+    "signed-rank with diverged runs ranked worst). `p_value` is the raw p of that test (`test`: t or wilcoxon), "
+    "`p_holm` the same p Holm-adjusted within the study, and verdicts use `p_holm`. `tost_bound` is the largest "
+    "end of the 90% interval in absolute value: two one-sided tests show equivalence when it is below `margin`. "
+    "`mde` is the smallest true difference these seeds detect with 80% power. `verdict`: `equivalent` when "
+    "`tost_bound` < `margin` (also when the interval excludes 0: a difference negligible by the margin), unless "
+    "the differences have no spread, seeds diverged, or one test sample (`resolution`) exceeds the margin; "
+    "else `better`/`worse` when `p_holm` < 0.05; `identical` when the final weights are bit-identical and finite "
+    "on every seed; `diverged` when both arms diverged on every seed or their identical weights are not finite; "
+    "otherwise `inconclusive`, with the `reason`. `same_as` names an earlier arm this one repeats bit for bit: "
+    "the same computation, counted once."
+)
 
 def _hashes(frame: pd.DataFrame, seeds: pd.Index) -> tuple[str, ...] | None:
     """The final-weight hashes of ``seeds`` (in order), None where any is missing."""
