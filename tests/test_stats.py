@@ -9,7 +9,17 @@ import pytest
 from scipy import stats as sstats
 
 from galcore.experiments.harness.stats import (
-    VERDICTS, compare_pairs, holm, holm_verdicts, mde, paired_power, rank_test, seeds_needed, tost, tost_bound, verdict,
+    VERDICTS,
+    compare_pairs,
+    holm,
+    holm_verdicts,
+    mde,
+    paired_power,
+    rank_test,
+    seeds_needed,
+    tost,
+    tost_bound,
+    verdict,
 )
 
 

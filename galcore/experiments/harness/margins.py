@@ -35,8 +35,16 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "ANCHOR", "ERROR_GAIN_POINTS", "ERROR_GAIN_RELATIVE", "RULES", "Margin", "error_resolution", "margin_test_error",
-    "margin_test_loss", "margin_test_rmse", "margin_for",
+    "ANCHOR",
+    "ERROR_GAIN_POINTS",
+    "ERROR_GAIN_RELATIVE",
+    "RULES",
+    "Margin",
+    "error_resolution",
+    "margin_for",
+    "margin_test_error",
+    "margin_test_loss",
+    "margin_test_rmse",
 ]
 
 #: the release's CIFAR-10 SGD row (EfficientNet-B1, gal_ratio 1e-3): test error %, standard and GAL
