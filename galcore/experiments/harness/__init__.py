@@ -8,7 +8,8 @@
   :func:`run`, :func:`train_loop` (any batches), :func:`run_arms` (arms x seeds);
 - :mod:`~galcore.experiments.harness.hashing` and :mod:`~galcore.experiments.harness.cache`: the run cache;
 - :mod:`~galcore.experiments.harness.compare` and :mod:`~galcore.experiments.harness.stats`:
-  paired comparisons and verdicts;
+  paired comparisons and verdicts; :mod:`~galcore.experiments.harness.margins`: one
+  equivalence-margin rule per metric;
 - :mod:`~galcore.experiments.harness.optim`, ``progress``, ``plots``, ``results``, ``profile``,
   ``bench`` (step timing).
 

@@ -6,9 +6,11 @@ classes. :func:`digits` gives a fixed, stratified train/test split as tensors.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -52,34 +54,91 @@ def _data_root() -> Path:
     return root
 
 
-def mnist1d(n_train: int = 4000, n_test: int = 1000, seed: int = 42) -> Data:
-    """MNIST-1D (Greydanus 2020, package ``mnist1d``), generated offline by its ``make_dataset``.
+#: the MNIST-1D package's benchmark draw: 5,000 signals, the first 4,000 its training split
+_BENCH_SAMPLES, _BENCH_TRAIN = 5000, 4000
+#: offset of the seed of the extra test signals' draw (disjoint from any benchmark seed in use)
+TEST_SEED_OFFSET = 1_000_000
 
-    Ten classes of length-40 1-D signals; the package's defaults (4,000 training and 1,000 test
-    samples, seed 42) are its paper's benchmark. ``n_test`` can be made large: the samples come
-    from one call of the generator (the package standardises them with the mean and std of all
-    samples drawn), split into the first ``n_train`` and the rest. x float32 (N, 1, 40), y int64.
-    Written once to ``<data>/mnist1d-<n_train>-<n_test>-<seed>.pt`` and read from there after.
+
+def _mnist1d_raw(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``num_samples`` MNIST-1D signals (a multiple of 10) before the package's global
+    standardisation: x float64 (N, 40), y int64 (N,). The package's own generator
+    (``transform`` of its templates), in the package's draw order: the legacy NumPy seed, the
+    classes in turn, then a shuffle; :func:`mnist1d` checks that this reproduces
+    ``make_dataset``'s benchmark exactly."""
+    from mnist1d.data import get_dataset_args, get_templates
+    from mnist1d.transform import transform
+    from mnist1d.utils import set_seed
+
+    args = get_dataset_args()
+    args.seed, args.num_samples = seed, num_samples
+    templates = get_templates()
+    set_seed(seed)
+    xs, ys = [], []
+    for label in range(len(templates["y"])):
+        for _ in range(num_samples // len(templates["y"])):
+            x, _t = transform(templates["x"][label], templates["t"], args)
+            xs.append(x)
+            ys.append(templates["y"][label])
+    order = np.random.permutation(len(ys))
+    return np.stack(xs)[order], np.stack(ys)[order].astype(np.int64)
+
+
+@functools.lru_cache(maxsize=2)
+def _benchmark(seed: int) -> tuple[dict[str, np.ndarray], float, float]:
+    """The package's benchmark draw for ``seed`` (``make_dataset``'s dict) and the mean and std
+    it was standardised with, checked against :func:`_mnist1d_raw`."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = seed
+    args.num_samples, args.train_split = _BENCH_SAMPLES, _BENCH_TRAIN / _BENCH_SAMPLES
+    bench = make_dataset(args)
+    raw, raw_y = _mnist1d_raw(_BENCH_SAMPLES, seed)
+    mean, std = float(raw.mean()), float(raw.std())
+    mine = (raw - mean) / std
+    if not (np.allclose(mine[:_BENCH_TRAIN], bench["x"], rtol=0, atol=1e-12) and np.array_equal(raw_y[:_BENCH_TRAIN], bench["y"])):
+        raise RuntimeError("this mnist1d package's make_dataset no longer matches galcore's reading of its generator; "
+                           "pin mnist1d==0.0.2 or update galcore.experiments.harness.data")
+    return bench, mean, std
+
+
+def _mnist1d_blob(n_train: int, n_test: int, seed: int) -> dict[str, torch.Tensor]:
+    bench, mean, std = _benchmark(seed)
+    if n_test <= _BENCH_SAMPLES - _BENCH_TRAIN:
+        x_test, y_test = bench["x_test"][:n_test], bench["y_test"][:n_test]
+    else:  # a separate draw, standardised with the benchmark's mean and std (one map for both splits)
+        per_class = -(-n_test // 10)
+        tx, ty = _mnist1d_raw(10 * per_class, seed + TEST_SEED_OFFSET)
+        x_test, y_test = ((tx - mean) / std)[:n_test], ty[:n_test]
+    return {
+        "x_train": torch.tensor(bench["x"][:n_train], dtype=torch.float32).unsqueeze(1),
+        "y_train": torch.tensor(bench["y"][:n_train], dtype=torch.int64),
+        "x_test": torch.tensor(x_test, dtype=torch.float32).unsqueeze(1),
+        "y_test": torch.tensor(y_test, dtype=torch.int64),
+    }
+
+
+def mnist1d(n_train: int = 4000, n_test: int = 1000, seed: int = 42) -> Data:
+    """MNIST-1D (Greydanus 2020, package ``mnist1d``), generated offline by its generator.
+
+    Ten classes of length-40 1-D signals. The training set is the package's benchmark draw
+    (``make_dataset`` with its defaults: 5,000 signals, seed ``seed``, 42 being the paper's),
+    its first ``n_train`` (at most 4,000) training signals: the same signals whatever
+    ``n_test`` is. The test set: up to 1,000 signals, the benchmark's own test split (so
+    ``mnist1d(4000, 1000)`` is the paper's benchmark); more, a separate draw of the same
+    generator (seed ``seed + TEST_SEED_OFFSET``) standardised with the benchmark's mean and
+    std, so train and test share one affine map. x float32 (N, 1, 40), y int64 (N,).
+    Written once to ``<data>/mnist1d-v2-<n_train>-<n_test>-<seed>.pt`` and read from there after.
     """
-    path = _data_root() / f"mnist1d-{n_train}-{n_test}-{seed}.pt"
+    for name, v, hi in (("n_train", n_train, _BENCH_TRAIN), ("n_test", n_test, None)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 or (hi is not None and v > hi):
+            raise ValueError(f"{name} must be an int in [1, {hi or 'inf'}], got {v!r}")
+    path = _data_root() / f"mnist1d-v2-{n_train}-{n_test}-{seed}.pt"
     if path.is_file():
         blob = torch.load(path, weights_only=True)
     else:
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        args = get_dataset_args()
-        args.seed = seed
-        # make_dataset draws num_samples // 10 per class: round up so both splits are full
-        per_class = -(-(n_train + n_test) // 10)
-        args.num_samples = 10 * per_class
-        args.train_split = n_train / args.num_samples
-        raw = make_dataset(args)
-        blob = {
-            "x_train": torch.tensor(raw["x"][:n_train], dtype=torch.float32).unsqueeze(1),
-            "y_train": torch.tensor(raw["y"][:n_train], dtype=torch.int64),
-            "x_test": torch.tensor(raw["x_test"][:n_test], dtype=torch.float32).unsqueeze(1),
-            "y_test": torch.tensor(raw["y_test"][:n_test], dtype=torch.int64),
-        }
+        blob = _mnist1d_blob(int(n_train), int(n_test), int(seed))
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(blob, tmp)
         tmp.replace(path)
