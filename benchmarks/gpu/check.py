@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(f"[gpu-check {time.perf_counter() - started:6.1f}s] {msg}", flush=True)
 
-    ctx = Context(dry_run=args.dry_run, device=dev, out=args.out, log=log, grace=5.0 if args.dry_run else 20.0)
+    ctx = Context(dry_run=args.dry_run, device=dev, out=args.out, log=log, grace=5.0 if args.dry_run else 10.0)
     missing = os.environ.get("GALCORE_GPU_MISSING", "")
     ctx.notes["missing"] = [m for m in missing.split(",") if m]
     ctx.notes["wheels"] = [w for w in os.environ.get("GALCORE_GPU_WHEELS", "").split(",") if w]

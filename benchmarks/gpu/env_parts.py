@@ -98,8 +98,10 @@ def tests(ctx: Context) -> dict[str, Any]:
     if ctx.dry_run:
         targets, scope = ["tests/test_reference.py"], "dry run: tests/test_reference.py only (a subset; the GPU run takes all)"
     else:
-        targets = ["tests", "--ignore=tests/test_ultralytics.py"]
-        scope = "tests/ without tests/test_ultralytics.py and without nbval (notebooks); CUDA tests included"
+        # test_gpu_script.py runs this script's dry run: not from inside the GPU run
+        targets = ["tests", "--ignore=tests/test_ultralytics.py", "--ignore=tests/test_gpu_script.py"]
+        scope = ("tests/ without tests/test_ultralytics.py, tests/test_gpu_script.py (this script's dry run) and "
+                 "nbval (notebooks); CUDA tests included")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *targets]
     workers = None
     if not ctx.dry_run and importlib.util.find_spec("xdist") is not None:
@@ -149,10 +151,12 @@ def notebooks(ctx: Context) -> dict[str, Any]:
         try:
             proc = _run(cmd, env, max(ctx.left(), 5))
         except subprocess.TimeoutExpired as e:
-            ctx.log(str(e.stderr or "")[-3000:])
+            err = str(e.stderr or "")
+            ctx.log(err[-3000:])
+            cells = [ln for ln in err.splitlines() if re.match(r"\[02\w*\] cell \d+/\d+", ln)]
             return {"status": "timeout", "profile": profile, "command": " ".join(cmd[1:]),
                     "error": f"notebook 02 ({profile}) did not finish within {ctx.budget:.0f} s",
-                    "seconds_per_run": None}
+                    "seconds_per_run": None, "last_cell_started": cells[-1] if cells else None}
         wall = time.perf_counter() - start
         ctx.log(proc.stderr[-4000:])
         log_path = Path(tmp) / "run_log.json"

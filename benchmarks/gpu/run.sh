@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check of galcore (issue 21): at most ~8 minutes on one H200, or a CPU dry run.
 #
-#   bash benchmarks/gpu/run.sh [--dry-run] [OUT]      # OUT defaults to benchmarks/gpu/
+#   bash benchmarks/gpu/run.sh [--dry-run] [--parts a,b] [OUT]   # OUT defaults to benchmarks/gpu/
+#   (--parts: a rerun of some parts, e.g. --parts overhead,tests; see check.py for the names)
 #
 # Writes OUT/record.json (keys: meta, device, torch, galcore, tests, sync_debug_errors,
 # amp_fp16, overhead, seeds, notebooks; see benchmarks/gpu/README.md) and OUT/log.txt.
@@ -38,13 +39,17 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 dry=()
 out=""
-for arg in "$@"; do
-  case "$arg" in
+parts=()
+while [ $# -gt 0 ]; do
+  case "$1" in
     --dry-run) dry=(--dry-run) ;;
-    -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "run.sh: unknown option $arg (use --dry-run [OUT])" >&2; exit 2 ;;
-    *) [ -z "$out" ] || { echo "run.sh: one OUT folder only, got '$out' and '$arg'" >&2; exit 2; }; out="$arg" ;;
+    --parts) [ $# -ge 2 ] || { echo "run.sh: --parts needs a comma-separated list" >&2; exit 2; }
+             parts=(--parts "$2"); shift ;;
+    -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -*) echo "run.sh: unknown option $1 (use [--dry-run] [--parts a,b] [OUT])" >&2; exit 2 ;;
+    *) [ -z "$out" ] || { echo "run.sh: one OUT folder only, got '$out' and '$1'" >&2; exit 2; }; out="$1" ;;
   esac
+  shift
 done
 out="${out:-$root/benchmarks/gpu}"
 mkdir -p "$out"
@@ -59,7 +64,7 @@ else py="$(command -v python3 || command -v python)"; fi
 cd "$root"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 GALCORE_PROGRESS=log
-say "python $py; out $out; ${dry[*]:-GPU run}"
+say "python $py; out $out; ${dry[*]:-GPU run} ${parts[*]}"
 
 # carried wheels -> a temporary --target folder on PYTHONPATH
 wheels=()
@@ -86,7 +91,7 @@ missing="$("$py" -m pip show "${pkgs[@]}" 2>&1 >/dev/null | sed -n 's/.*Package(
 say "pip show: missing ${missing:-nothing}"
 export GALCORE_GPU_MISSING="$missing" GALCORE_GPU_WHEELS="$installed"
 
-"$py" "$root/benchmarks/gpu/check.py" --out "$out" "${dry[@]}" 2>&1 | tee -a "$log"
+"$py" "$root/benchmarks/gpu/check.py" --out "$out" "${dry[@]}" "${parts[@]}" 2>&1 | tee -a "$log"
 rc=${PIPESTATUS[0]}
 say "check.py exited with $rc; record: $out/record.json"
 exit "$rc"
