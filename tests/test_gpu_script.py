@@ -171,3 +171,21 @@ def test_bad_arguments_are_named() -> None:
     proc = subprocess.run([sys.executable, str(RUN.parent / "check.py"), "--out", "/tmp/x", "--parts", "nope"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_a_failing_variant_is_dropped_and_the_others_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    speed = _gpu_module("speed")
+    common = _gpu_module("common")
+    real = speed.Arm.step
+
+    def step(self: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.gal is not None and self.gal.is_compiled:
+            raise RuntimeError("compiled step broke")
+        real(self, x, y)
+
+    monkeypatch.setattr(speed.Arm, "step", step)
+    ctx = common.Context(dry_run=True, device=torch.device("cpu"), out=None, log=lambda _: None, budget=60)
+    mlp = next(s for s in speed.models(ctx) if s["name"] == "mlp")
+    row = speed.bench(ctx, mlp, steps=2, warmup=2, block=1, seconds=30)
+    assert row["failed_variants"] == {"gal_compiled": "RuntimeError: compiled step broke"}
+    assert row["ratio_gal"] > 0 and "ratio_gal_compiled" not in row and row["timed_steps_per_variant"] == 2

@@ -32,7 +32,7 @@ from speed import overhead
 #: part -> (function, GPU budget, dry-run budget); the order they run in
 PARTS = {
     "device": (device, 10, 5),
-    "sync_debug_errors": (sync_debug, 60, 12),
+    "sync_debug_errors": (sync_debug, 60, 15),
     "amp_fp16": (amp_fp16, 30, 12),
     "overhead": (overhead, 150, 30),
     "seeds": (seeds, 40, 10),

@@ -48,6 +48,9 @@ def _sync_case(ctx: Context, compiled: bool, api: str, track_plain: bool) -> dic
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).to(dev)
     gal = galcore.GAL(10, ratio=0.1, track_plain=track_plain, seed=1).to(dev)
     if compiled:
+        # a fresh compiler state per case: the cases share GAL's one compiled function, and
+        # dynamo's recompile limit (or automatic dynamic shapes) would otherwise change what runs
+        torch._dynamo.reset()
         gal.compile(**_compile_options(ctx))
     opt = torch.optim.SGD([*model.parameters(), *gal.parameters()], lr=0.1, momentum=0.9)
     gen = torch.Generator().manual_seed(2)

@@ -97,35 +97,52 @@ def bench(ctx: Context, spec: dict[str, Any], steps: int, warmup: int, block: in
     batches = [(torch.randn(spec["batch"], *spec["shape"], generator=gen).to(dev),
                 torch.randint(0, spec["classes"], (spec["batch"],), generator=gen).to(dev)) for _ in range(4)]
     variants = _variants(ctx)
+    torch._dynamo.reset()  # each model compiles from a fresh state (recompile limit, dynamic shapes)
     arms: dict[str, Arm] = {}
     for key, options in variants.items():
         gal = None if key == "standard" else copy.deepcopy(gal0)
         if gal is not None and options is not None:
             gal.compile(**options)
         arms[key] = Arm(copy.deepcopy(base), gal, spec["amp"], dev)
-    t0 = time.perf_counter()
-    for i in range(warmup):
-        for key in arms:
-            arms[key].step(*batches[i % 4])
-    if ctx.cuda:
-        torch.cuda.synchronize()
-    warm_s = time.perf_counter() - t0
-    times: dict[str, list[float]] = {key: [] for key in arms}
-    order, done, rnd, start = list(arms), 0, 0, time.perf_counter()
-    while done < steps and time.perf_counter() - start < seconds:
-        for key in order if rnd % 2 == 0 else order[::-1]:
-            readers = [time_step(lambda a=arms[key], b=batches[(done + j) % 4]: a.step(*b), dev) for j in range(block)]
+    failed: dict[str, str] = {}  # a GAL variant that fails is dropped; the others go on
+
+    def guarded(key: str, run: Callable[[], None]) -> None:
+        try:
+            run()
             if ctx.cuda:
                 torch.cuda.synchronize()
-            times[key].extend(r() for r in readers)
+        except Exception as e:  # noqa: BLE001 - recorded in the row
+            if key == "standard":
+                raise
+            failed[key] = f"{type(e).__name__}: {e}"[:500]
+            del arms[key]
+
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        for key in list(arms):
+            guarded(key, lambda key=key, i=i: arms[key].step(*batches[i % 4]))
+    warm_s = time.perf_counter() - t0
+    times: dict[str, list[float]] = {key: [] for key in arms}
+    done, rnd, start = 0, 0, time.perf_counter()
+    while done < steps and time.perf_counter() - start < seconds:
+        order = list(arms)
+        for key in order if rnd % 2 == 0 else order[::-1]:
+            readers: list[Callable[[], float]] = []
+            guarded(key, lambda key=key, readers=readers: readers.extend(
+                time_step(lambda a=arms[key], b=batches[(done + j) % 4]: a.step(*b), dev) for j in range(block)))
+            if key in arms:
+                times[key].extend(r() for r in readers)
         done += block
         rnd += 1
+    times = {k: v for k, v in times.items() if k in arms}
     row: dict[str, Any] = {
         "model": spec["name"], "batch": spec["batch"], "input_shape": list(spec["shape"]), "classes": spec["classes"],
         "autocast": str(spec["amp"]) if spec["amp"] else None, "gal_ratio": ratio, "warmup_steps": warmup,
         "warmup_s": round(warm_s, 2), "timed_steps_per_variant": len(times["standard"]),
         "compile_options": {k: v for k, v in variants.items() if v is not None},
     }  # fmt: skip
+    if failed:
+        row["failed_variants"] = failed
     std = median_ms(times["standard"])
     for key, ms in times.items():
         row[f"{key}_ms_median"] = median_ms(ms)
