@@ -14,7 +14,7 @@ with the release's settings (ratio 1e-3 for 10 classes and 1e-2 for 100, scale 1
 (momentum 0.9)):
 
 - ``standard``: ``zero_grad``, forward, ``cross_entropy``, ``loss.backward()``, SGD step.
-- ``release``: the public release's step (:class:`galcore.experiments.bench.ReleaseRunner`):
+- ``release``: the public release's step (:class:`galcore.experiments.harness.bench.ReleaseRunner`):
   float32, its NumPy host round trip, three backward calls.
 - ``gal``: ``gal.backward(out, loss_fn, lr)`` (the eager step, GAL's arithmetic in float64, the
   default).
@@ -63,16 +63,17 @@ import torch.nn.functional as F
 from torch import nn
 
 import galcore
-from galcore.experiments.bench import (
+from galcore.experiments.harness.bench import (
     CLOCKS,
     ReferenceRunner,
     ReleaseRunner,
     StepRunner,
     quantile,
+    runner_step,
     step_peak_bytes,
     time_steps,
 )  # fmt: skip
-from galcore.experiments.results import results_dir
+from galcore.experiments.harness.results import results_dir
 
 #: gal_compiled / standard targets on 2 CPU cores (the eager step's target: no slower than the release)
 TARGETS = {"mlp": 1.8, "cnn": 1.25, "resnet18": 1.03}
@@ -210,14 +211,14 @@ def bench_model(
     runners, batches = make_runners(name, device, seed, variants, compile_options or {})
     for _ in range(warmup):  # the compiled variant compiles in its second warm-up step
         for key in variants:
-            time_steps(runners[key], batches, 1, 0, device)
+            time_steps(runner_step(runners[key], batches), 1, device)
 
     times: dict[str, list[float]] = {key: [] for key in variants}
     done = rnd = 0
     while done < steps:
         n = min(block, steps - done)
         for key in variants if rnd % 2 == 0 else variants[::-1]:
-            times[key].extend(time_steps(runners[key], batches, n, done, device, clock))
+            times[key].extend(time_steps(runner_step(runners[key], batches), n, device, clock, start=done))
         done += n
         rnd += 1
 

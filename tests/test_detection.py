@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from galcore.experiments import detection
-from galcore.experiments.data.shapes_detection import ShapesConfig, shapes_detection
-from galcore.experiments.stats import VERDICTS
+from galcore.experiments.detection.shapes import ShapesConfig, shapes_detection
+from galcore.experiments.harness.stats import VERDICTS
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_run_jobs_trains_each_job_once_then_reads_the_cache(data_yaml: Path, tmp
         calls.append((method, seed))
         return {"arch": arch, "method": method, "seed": seed, "map50": 0.1 * seed + (method == "gal"), "map50_95": 0.0}
 
-    monkeypatch.setattr(detection, "train_yolo", fake_train)
+    monkeypatch.setattr(detection.jobs, "train_yolo", fake_train)
     jobs = [_job(data_yaml, method=m, seed=s) for s in (0, 1) for m in ("standard", "gal")]
     first = detection.run_jobs(jobs, cache_dir=tmp_path / "cache", processes=0, progress=False)
     assert calls == [("standard", 0), ("gal", 0), ("standard", 1), ("gal", 1)]

@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -243,7 +242,7 @@ def generate_shapes_detection(
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(config.classes))
     yaml = root / "shapes_detection.yaml"
     yaml.write_text(
-        f"# galcore synthetic shapes detection dataset (galcore.experiments.data.shapes_detection), key {config.key()}\n"
+        f"# galcore synthetic shapes detection dataset (galcore.experiments.detection.shapes), key {config.key()}\n"
         f"path: {final}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
     )
     (root / "meta.json").write_text(
@@ -256,7 +255,7 @@ def _default_data_root() -> Path:
     env = os.environ.get("GALCORE_DATA")
     if env:
         return Path(env)
-    from galcore.experiments.results import repo_root
+    from galcore.experiments.harness.results import repo_root
 
     return (repo_root() or Path.cwd()) / "data"
 
@@ -303,12 +302,3 @@ def shapes_detection(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return yaml
-
-
-def class_counts(labels: Sequence[np.ndarray], n_classes: int = len(CLASSES)) -> np.ndarray:
-    """Instances per class over a list of label arrays (for summaries)."""
-    out = np.zeros(n_classes, dtype=int)
-    for lab in labels:
-        for c in lab[:, 0].astype(int):
-            out[c] += 1
-    return out

@@ -44,7 +44,7 @@ def digits(test_size: float = 0.25, split_seed: int = 0, normalize: bool = True)
 
 def _data_root() -> Path:
     """``$GALCORE_DATA`` or ``data/`` at the repository root (git-ignored)."""
-    from galcore.experiments.results import repo_root
+    from galcore.experiments.harness.results import repo_root
 
     env = os.environ.get("GALCORE_DATA")
     root = Path(env) if env else (repo_root() or Path.cwd()) / "data"

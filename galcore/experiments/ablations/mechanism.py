@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from galcore.experiments import harness
 from galcore.experiments.harness import Data, RunResult, TrainConfig
-from galcore.experiments.optim import make_optimizer
+from galcore.experiments.harness.optim import make_optimizer
 from galcore.gal import GAL
 
 __all__ = ["DIAGNOSTICS", "decay_drift", "diverged", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
@@ -81,7 +81,7 @@ def decay_drift(cfg: TrainConfig, h0: Sequence[Tensor], steps: int) -> float:
     """Relative drift ``||theta - theta_0|| / ||theta_0||`` of h's weights after ``steps``
     optimizer steps with zero gradient: what h's optimizer (the model's, with its weight
     decay, or h's own) does to h without any learning signal. 0 for a frozen h."""
-    if cfg.frozen_h or cfg.gal is None or cfg.gal.get("frozen_h") or not h0:
+    if cfg.frozen_h or cfg.gal is None or not h0:
         return 0.0
     params = [p.detach().clone().requires_grad_(True) for p in h0]
     if cfg.h_optimizer is None and cfg.h_lr is None:
@@ -216,7 +216,7 @@ def _traced(cfg: TrainConfig) -> TrainConfig:
     """The config a traced run trains: ``track_plain`` on (it measures, it does not change the step)."""
     if cfg.space != "output" or cfg.gal is None:
         raise ValueError("trace measures output-space GAL runs: give a config with gal options and space='output'")
-    return cfg if cfg.gal.get("track_plain", False) else replace(cfg, gal={**cfg.gal, "track_plain": True})
+    return cfg if cfg.gal.track_plain else replace(cfg, gal=cfg.gal.replace(track_plain=True))
 
 
 def _summarise(res: RunResult, num_outputs: int) -> RunResult:

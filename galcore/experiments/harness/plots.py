@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from galcore.experiments.progress import in_kernel
-from galcore.experiments.results import save_figure
+from galcore.experiments.harness.progress import in_kernel
+from galcore.experiments.harness.results import save_figure
 
 __all__ = ["paired_differences", "show"]
 

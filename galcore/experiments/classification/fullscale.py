@@ -6,7 +6,7 @@ data. CIFAR at the release's input size does not fit that way (50,000 images res
 with the same rules as :mod:`galcore.experiments.harness`:
 
 - the model is built right after ``torch.manual_seed(cfg.seed)`` (same initial weights in every
-  arm), h inside a forked RNG (:func:`galcore.experiments.harness.build_gal`), so dropout and
+  arm), h from its own generator (:func:`galcore.build.build_gal`), so dropout and
   stochastic depth see the same random stream with or without GAL;
 - the batch order comes from a ``torch.Generator`` seeded with ``cfg.seed``;
 - augmentation (random horizontal flip) and the resize to the release's input size run on the
@@ -25,7 +25,6 @@ GAL (images per second, peak device memory).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from galcore.experiments import harness
-from galcore.experiments.harness import RunResult, TrainConfig, _device, build_gal, cached, loss_function, train_loop
-from galcore.experiments.optim import current_lr, make_optimizer
-from galcore.experiments.results import repo_root
+from galcore.experiments.harness import RunResult, TrainConfig, build_gal, cached, device_of, loss_function, train_loop
+from galcore.experiments.harness.bench import throughput
+from galcore.experiments.harness.optim import current_lr, make_optimizer
+from galcore.experiments.harness.results import repo_root
 from galcore.gal import GAL
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "evaluate_loader",
     "fake_cifar",
     "run_loader_arms",
-    "time_steps",
     "train_loader_run",
 ]
 
@@ -156,7 +155,7 @@ def cifar_data(
         raise FileNotFoundError(
             f"{dataset}: the data is not under {folder} and could not be "
             f"{'downloaded' if download else 'loaded (download=False)'} ({type(e).__name__}: {e}). "
-            f"On a machine with internet, run galcore.experiments.fullscale.cifar_data({key!r}, {str(folder)!r}) once, "
+            f"On a machine with internet, run galcore.experiments.classification.fullscale.cifar_data({key!r}, {str(folder)!r}) once, "
             f"or copy {archive} (or its extracted folder) from https://www.cs.toronto.edu/~kriz/cifar.html "
             f"into {folder}/. Set the folder with data_root=... or $GALCORE_DATA."
         ) from e
@@ -285,7 +284,7 @@ def train_loader_run(
 def _train_loader(cfg: TrainConfig, data: LoaderData, model_fn: Callable[[], nn.Module], progress: bool) -> RunResult:
     if cfg.space == "parameter":
         raise ValueError("space='parameter' is for small models; use galcore.experiments.harness.run")
-    device = _device(cfg.device)
+    device = device_of(cfg.device)
     augment = DeviceAugment(data.resize, data.flip, cfg.seed, device)
     train_loader = _loader(data, True, cfg.batch_size, cfg.seed, device)
 
@@ -332,7 +331,7 @@ def benchmark_step(
 
     Returns ``images_per_s``, ``step_ms`` and ``peak_mem_gib`` (CUDA only, else NaN).
     """
-    dev = _device(device)
+    dev = device_of(device)
     torch.manual_seed(seed)
     model = model_fn().to(dev).train()
     cfg = TrainConfig(model="bench", data="bench", gal=gal, seed=seed)
@@ -353,22 +352,5 @@ def benchmark_step(
             g.backward(model(xb), lambda o: F.cross_entropy(o, y), current_lr(opt))
         opt.step()
 
-    return time_steps(step, dev, batch_size, warmup=warmup, steps=steps)
+    return throughput(step, dev, batch_size, warmup=warmup, steps=steps)
 
-
-def time_steps(step: Callable[[], None], dev: torch.device, batch_size: int, *, warmup: int, steps: int) -> dict[str, float]:
-    """Run ``step()`` ``warmup`` times, then time ``steps`` calls (CUDA synchronised around the
-    timed block): images per second, milliseconds per step and peak CUDA memory (GiB; NaN on CPU)."""
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-    return {"images_per_s": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps, "peak_mem_gib": peak}
