@@ -3,7 +3,7 @@ ran), ``tests`` (pytest in a child process), ``notebooks`` (notebook 02 through 
 runner) and ``seeds`` (stacked-seed throughput through the harness).
 
 The two imports from ``galcore.experiments`` sit in one small function each
-(:func:`_notebook_runner_command`, :func:`_stacked_module`), so that a move of the experiments
+(:func:`_notebook_runner_command`, :func:`_stacked_api`), so that a move of the experiments
 package changes one line each.
 """
 
@@ -132,7 +132,7 @@ def tests(ctx: Context) -> dict[str, Any]:
 # -- notebooks ------------------------------------------------------------------------------
 def _notebook_runner_command(profile: str) -> list[str]:
     """The main job's runner on notebook 02 alone (the one import path from the experiments)."""
-    return [sys.executable, "-m", "galcore.experiments.notebook_runner", "--profile", profile, "--only", "02",
+    return [sys.executable, "-m", "galcore.experiments.main.runner", "--profile", profile, "--only", "02",
             "--jobs", "1"]
 
 
@@ -176,10 +176,10 @@ def notebooks(ctx: Context) -> dict[str, Any]:
 def _stacked_api() -> tuple[Any, Any, Any, Any]:
     """The harness's stacked-seed trainer, its run config, MNIST-1D and its CNN (the one import
     path from the experiments for this part)."""
-    from galcore.experiments.datasets import mnist1d
+    from galcore.experiments.classification.mnist1d_models import MNIST1DCNN
     from galcore.experiments.harness import TrainConfig
+    from galcore.experiments.harness.data import mnist1d
     from galcore.experiments.harness.stacked import run_stacked  # type: ignore[import-not-found]
-    from galcore.experiments.mnist1d_models import MNIST1DCNN
 
     return run_stacked, TrainConfig, mnist1d, MNIST1DCNN
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check of galcore (issue 21): at most ~8 minutes on one H200, or a CPU dry run.
+# The prepared GPU check of galcore: at most ~8 minutes on one H200, or a CPU dry run.
 #
 #   bash benchmarks/gpu/run.sh [--dry-run] [--parts a,b] [OUT]   # OUT defaults to benchmarks/gpu/
 #   (--parts: a rerun of some parts, e.g. --parts overhead,tests; see check.py for the names)
