@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dry_run": args.dry_run, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": "python benchmarks/gpu/check.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "total_budget_s": total, "budget_scale": scale, "parts": chosen,
-        },  # fmt: skip
+        },
         "torch": torch_info,
         "galcore": galcore_info,
     }

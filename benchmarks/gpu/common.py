@@ -63,7 +63,7 @@ class Context:
         return dry if self.dry_run else full
 
 
-def _on_alarm(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+def _on_alarm(signum: int, frame: Any) -> None:
     raise PartTimeout("the part ran past its time budget and was interrupted")
 
 

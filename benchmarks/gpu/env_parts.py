@@ -176,10 +176,11 @@ def notebooks(ctx: Context) -> dict[str, Any]:
 def _stacked_api() -> tuple[Any, Any, Any, Any]:
     """The harness's stacked-seed trainer, its run config, MNIST-1D and its CNN (the one import
     path from the experiments for this part)."""
+    from galcore.experiments.harness.stacked import run_stacked  # type: ignore[import-not-found]
+
     from galcore.experiments.classification.mnist1d_models import MNIST1DCNN
     from galcore.experiments.harness import TrainConfig
     from galcore.experiments.harness.data import mnist1d
-    from galcore.experiments.harness.stacked import run_stacked  # type: ignore[import-not-found]
 
     return run_stacked, TrainConfig, mnist1d, MNIST1DCNN
 
@@ -190,7 +191,7 @@ def seeds(ctx: Context) -> dict[str, Any]:
     and GAL (ratio 1e-3). The time is ``run_stacked``'s wall time (model building, training,
     the epoch's evaluation), after one warm-up run per arm."""
     try:
-        run_stacked, TrainConfig, mnist1d, MNIST1DCNN = _stacked_api()  # noqa: N806 - classes
+        run_stacked, TrainConfig, mnist1d, MNIST1DCNN = _stacked_api()
     except Exception as e:  # noqa: BLE001 - ImportError, or the module failing to import
         raise Skip(f"stacked seeds cannot be imported ({type(e).__name__}: {e}); the harness has no "
                    "stacked seeds here") from None

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import Context, Skip
+from common import Context
 from torch import nn
 
 import galcore

@@ -111,7 +111,7 @@ def bench(ctx: Context, spec: dict[str, Any], steps: int, warmup: int, block: in
             run()
             if ctx.cuda:
                 torch.cuda.synchronize()
-        except Exception as e:  # noqa: BLE001 - recorded in the row
+        except Exception as e:
             if key == "standard":
                 raise
             failed[key] = f"{type(e).__name__}: {e}"[:500]
@@ -128,8 +128,13 @@ def bench(ctx: Context, spec: dict[str, Any], steps: int, warmup: int, block: in
         order = list(arms)
         for key in order if rnd % 2 == 0 else order[::-1]:
             readers: list[Callable[[], float]] = []
-            guarded(key, lambda key=key, readers=readers: readers.extend(
-                time_step(lambda a=arms[key], b=batches[(done + j) % 4]: a.step(*b), dev) for j in range(block)))
+
+            def timed_block(key: str = key, at: int = done, readers: list = readers) -> None:
+                for j in range(block):
+                    x, y = batches[(at + j) % 4]
+                    readers.append(time_step(lambda a=arms[key], x=x, y=y: a.step(x, y), dev))
+
+            guarded(key, timed_block)
             if key in arms:
                 times[key].extend(r() for r in readers)
         done += block
