@@ -53,9 +53,9 @@ from torch.func import functional_call, vmap
 
 from galcore.adjuster import COLLAPSE_CPU, COLLAPSE_OTHER, LinearStack
 from galcore.config import GALConfig
-from galcore.experiments.harness import Data, RunResult, TrainConfig, _h_seed, build_gal, run, state_hash
-from galcore.experiments.optim import current_lr, make_optimizer
-from galcore.experiments.progress import progress as progress_bar
+from galcore.experiments.harness.core import Data, RunResult, TrainConfig, _h_seed, build_gal, run, state_hash
+from galcore.experiments.harness.optim import current_lr, make_optimizer
+from galcore.experiments.harness.progress import progress as progress_bar
 
 __all__ = ["RandomDirection", "is_placebo", "placebo_arm", "run_arms_stacked", "run_stacked", "sequential_run"]
 
@@ -148,19 +148,14 @@ def _gal_config(cfg: TrainConfig) -> GALConfig:
 
 
 # -- the model, stacked ----------------------------------------------------------------------
-def _unfold_plan(model: nn.Module) -> list[tuple[str, str, nn.Module]] | None:
-    """``[(kind, parameter prefix, module)]`` when ``model`` is a chain of Conv1d / ReLU /
-    Flatten / Linear (an ``nn.Sequential`` or ``MNIST1DCNN``'s ``features`` + ``classifier``)."""
-    from galcore.experiments.mnist1d_models import MNIST1DCNN
-
-    if type(model) is MNIST1DCNN:
-        named = [(f"features.{n}", m) for n, m in model.features.named_children()] + [("classifier", model.classifier)]
-    elif type(model) is nn.Sequential:
-        named = list(model.named_children())
-    else:
-        return None
+def _unfold_plan(model: nn.Module, probe: Tensor) -> list[tuple[str, str, nn.Module]] | None:
+    """``[(kind, parameter prefix, module)]`` when ``model``'s leaf modules, in order, are a chain
+    of Conv1d / ReLU / Flatten / Linear and that chain computes ``model(probe)`` (e.g.
+    ``MNIST1DCNN``, an ``nn.Sequential``); else ``None``."""
     plan: list[tuple[str, str, nn.Module]] = []
-    for prefix, m in named:
+    for prefix, m in model.named_modules():
+        if next(m.children(), None) is not None:
+            continue
         if type(m) is nn.Conv1d and m.groups == 1 and m.dilation == (1,) and m.padding_mode == "zeros" \
                 and isinstance(m.padding, tuple) and m.bias is not None:
             plan.append(("conv", prefix, m))
@@ -171,6 +166,16 @@ def _unfold_plan(model: nn.Module) -> list[tuple[str, str, nn.Module]] | None:
         elif type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
             plan.append(("flatten", prefix, m))
         else:
+            return None
+    if not plan:
+        return None
+    with torch.no_grad():  # the chain must be what forward computes (a model could reorder its children)
+        try:
+            want = model(probe)
+            got = _unfold_forward(plan, {n: p.unsqueeze(0) for n, p in model.named_parameters()}, probe.unsqueeze(0))[0]
+        except (RuntimeError, ValueError, IndexError):
+            return None
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
             return None
     return plan
 
@@ -188,6 +193,8 @@ def _unfold_forward(plan: list[tuple[str, str, nn.Module]], p: Mapping[str, Tens
     flat: tuple[int, int] | None = None  # (C, L) of a channels-last flatten, for the next Linear
     for kind, prefix, m in plan:
         if kind == "conv":
+            if z.ndim != 4:
+                raise ValueError(f"Conv1d needs (B, C, L) inputs, got {tuple(z.shape[1:])}")
             if not last:
                 z, last = z.transpose(2, 3), True
             w, bias = p[f"{prefix}.weight"], p[f"{prefix}.bias"]
@@ -215,7 +222,7 @@ def _unfold_forward(plan: list[tuple[str, str, nn.Module]], p: Mapping[str, Tens
 class _Stacked:
     """S models as (S, ...) leaf tensors named like ``model.named_parameters()``."""
 
-    def __init__(self, models: list[nn.Module], engine: str) -> None:
+    def __init__(self, models: list[nn.Module], engine: str, probe: Tensor) -> None:
         base = models[0]
         for m in base.modules():
             if isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)):
@@ -224,7 +231,7 @@ class _Stacked:
         self.names = [n for n, _ in base.named_parameters()]
         self.params = {n: torch.stack([m.get_parameter(n).detach() for m in models]).requires_grad_(True) for n in self.names}
         self.buffers = {n: torch.stack([m.get_buffer(n).detach() for m in models]) for n, _ in base.named_buffers()}
-        plan = _unfold_plan(base) if engine in ("auto", "unfold") and not self.buffers else None
+        plan = _unfold_plan(base, probe) if engine in ("auto", "unfold") and not self.buffers else None
         if engine == "unfold" and plan is None:
             raise ValueError(f"engine='unfold' needs a chain of Conv1d/ReLU/Flatten/Linear, got {type(base).__name__}")
         self.plan = plan
@@ -408,7 +415,7 @@ def run_stacked(
             assert gal is not None
             hs.append(gal.h)
     s = len(seeds)
-    stacked = _Stacked(models, engine)
+    stacked = _Stacked(models, engine, data.x_train[:4].to(device))
     step = None
     if cfg.gal is not None:
         placebos = [RandomDirection(_h_seed(c, _gal_options(c))) for c in cfgs] if is_placebo(cfg) else None
