@@ -180,12 +180,38 @@ def _unfold_plan(model: nn.Module, probe: Tensor) -> list[tuple[str, str, nn.Mod
     return plan
 
 
+class _Im2col(torch.autograd.Function):
+    """im2col of a channels-last 1-D batch: (S, B, L, C) -> (S, B, L', k C), column block j holding
+    tap j (zero padding ``pad``, stride ``step``). Its backward adds the k blocks back into one
+    buffer: several times cheaper than ``Tensor.unfold``'s, and cheaper than pad + cat."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, k: int, step: int, pad: int) -> Tensor:
+        s, b, length, c = z.shape
+        out_len = (length + 2 * pad - k) // step + 1
+        u = z.new_zeros(s, b, out_len, k * c)
+        spans = []
+        for j in range(k):  # output positions l whose input step*l + j - pad lies inside [0, length)
+            lo, hi = max(0, -(-(pad - j) // step)), min(out_len - 1, (length - 1 + pad - j) // step)
+            spans.append((lo, hi, step * lo + j - pad, step * hi + j - pad))
+            u[:, :, lo : hi + 1, j * c : (j + 1) * c] = z[:, :, spans[-1][2] : spans[-1][3] + 1 : step]
+        ctx.spans, ctx.shape, ctx.step = spans, z.shape, step
+        return u
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        gz = grad.new_zeros(ctx.shape)
+        c = ctx.shape[-1]
+        for j, (lo, hi, first, last) in enumerate(ctx.spans):
+            gz[:, :, first : last + 1 : ctx.step] += grad[:, :, lo : hi + 1, j * c : (j + 1) * c]
+        return gz, None, None, None
+
+
 def _unfold_forward(plan: list[tuple[str, str, nn.Module]], p: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """The chain on a (S, B, ...) batch with (S, ...) weights: Conv1d in channels-last layout
     (S, B, L, C) as im2col + ``baddbmm``, Linear as ``baddbmm``. Returns (S, B, out).
 
-    im2col is the k strided slices of the padded input side by side (cheaper to differentiate
-    than ``Tensor.unfold``); after Flatten the next Linear's weight is permuted to the
+    im2col is :class:`_Im2col`; after Flatten the next Linear's weight is permuted to the
     channels-last order instead of transposing the activations."""
     s, b = x.shape[:2]
     z = x.unsqueeze(2) if x.ndim == 3 and plan[0][0] == "conv" else x  # MNIST1DCNN accepts (B, L)
@@ -200,9 +226,8 @@ def _unfold_forward(plan: list[tuple[str, str, nn.Module]], p: Mapping[str, Tens
             w, bias = p[f"{prefix}.weight"], p[f"{prefix}.bias"]
             c_out, c_in, k = w.shape[1:]
             pad, step = m.padding[0], m.stride[0]
-            zp = F.pad(z, (0, 0, pad, pad)) if pad else z
-            length = (zp.shape[2] - k) // step + 1
-            u = torch.cat([zp[:, :, j : j + step * (length - 1) + 1 : step] for j in range(k)], dim=-1)
+            u = _Im2col.apply(z, k, step, pad)  # (S, B, L', k C_in)
+            length = u.shape[2]
             wk = w.permute(0, 3, 2, 1).reshape(s, k * c_in, c_out)  # rows (tap, channel), as u's columns
             z = torch.baddbmm(bias.unsqueeze(1), u.view(s, b * length, k * c_in), wk).view(s, b, length, c_out)
         elif kind == "relu":
