@@ -135,7 +135,7 @@ def test_bad_input_is_named(data: Data) -> None:
         st.run_stacked(replace(BASE, select="val_loss"), SEEDS, data, MNIST1DCNN)
     with pytest.raises(TypeError, match="ration"):
         st.run_stacked(replace(BASE, gal={"ration": 1e-3}), SEEDS, data, MNIST1DCNN)
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(TypeError, match="dropout"):
         st.run_stacked(BASE, SEEDS, data, lambda: nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(40, 10)))
     with pytest.raises(ValueError, match="engine"):
         st.run_stacked(BASE, SEEDS, data, MNIST1DCNN, engine="jit")
