@@ -3,25 +3,25 @@
 Each seed is the run the sequential harness (:func:`galcore.experiments.harness.run`) trains:
 its own initial weights (``torch.manual_seed(seed)`` then ``model_fn()``), its own data order
 (a generator seeded with ``seed``: one ``randperm`` per epoch, batches are its slices), its own
-h (drawn by ``build_gal``: ``GALConfig.seed = 10_000 + seed`` unless the options set ``seed``)
+h (drawn by ``galcore.build.build_gal``: seed ``10_000 + seed`` unless ``gal.seed`` is set)
 and its own acceptance decision per step. Only the arithmetic is shared: the model runs once on
 a (S, B, ...) batch with (S, ...) weights, and the optimizer steps the stacked tensors (every
 optimizer of ``optim.OPTIMIZERS`` updates elementwise, so seed s's slice takes seed s's step).
 
-API:
+API (what the notebooks and the main job call):
 
 - :func:`run_stacked(cfg, seeds, data, model_fn) <run_stacked>` -> one
-  :class:`~galcore.experiments.harness.RunResult` per seed (history, final, ``weights_hash``).
+  :class:`~galcore.experiments.harness.config.RunResult` per seed, in order, as ``harness.run``
+  returns (``config``, ``history``, ``final``, ``weights_hash``).
 - :func:`run_arms_stacked(arms, seeds, data, model_fn, stack=32) <run_arms_stacked>` ->
-  ``(finals, histories)`` with the columns of ``harness.run_arms`` (``arm``, ``seed``, the final
-  metrics, ``seconds``, ``cpu_seconds``, ``weights_hash``, ``accept_rate_mean``); seeds run in
-  stacks of ``stack``.
-- :func:`placebo_arm(cfg) <placebo_arm>`: the control arm, GAL's step with h replaced by
-  :class:`RandomDirection` (a standard-normal direction per sample per step from a generator
-  seeded like h; rescaled to ``ratio * ||g_i||``, the same acceptance rule, nothing trained).
-  Spelled ``gal={..., "placebo": True}``. ``zero``: ``replace(cfg, gal={..., "ratio": 0.0})``.
-- :func:`sequential_run`: the sequential run of any of these arms through the harness's own
-  loop (a ``runner=`` for ``harness.run_arms``); the tests hold the stacked runs to it.
+  ``(finals, histories)``, the DataFrames of ``harness.run_arms`` with the same columns
+  (``arm``, ``seed``, the final metrics, ``seconds``, ``cpu_seconds``, ``weights_hash``,
+  ``accept_rate_mean``), rows seed-major; each arm's seeds run ``stack`` at a time.
+
+Arms are ``TrainConfig``s as for ``harness.run_arms``: ``standard`` (``gal=None``), GAL (either
+``first_order``; h in the model's optimizer or its own via ``h_optimizer``/``h_lr``; ``frozen_h``),
+the placebo (:func:`galcore.experiments.harness.placebo.placebo_arm`: h a seeded random
+direction, rescaled and accepted the same way, nothing trained) and zero (``gal.ratio=0``).
 
 Engines (:mod:`galcore.experiments.harness.stacked_nets`): ``"unfold"`` writes ``Conv1d`` as
 unfold (im2col) + batched matmul and ``Linear`` as batched matmul (models made of
@@ -30,7 +30,7 @@ unfold (im2col) + batched matmul and ``Linear`` as batched matmul (models made o
 ``"auto"`` takes unfold where it applies.
 
 Scope: classification with ``cross_entropy``, output-space GAL with ``normalize="sample"``; no
-``StepHook``, probe, cache or ``select`` (each raises). Results equal the sequential runs within
+``StepHook``, probe or ``select`` (each raises), no cache. Results equal the sequential runs within
 rounding, not bit for bit: the batched kernels sum in another order (tests/test_stacked.py).
 ``seconds``, ``cpu_seconds`` and ``epoch_time`` are the stack's time divided by its seeds.
 GAL's warning about an objective at the rounding level is not raised here.
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -52,68 +52,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from galcore.adjuster import LinearStack
-from galcore.config import GALConfig
-from galcore.experiments.harness.core import Data, RunResult, TrainConfig, _device, _h_seed, build_gal, run, state_hash
+from galcore.experiments.harness.config import Data, RunResult, TrainConfig
+from galcore.experiments.harness.hashing import state_hash
 from galcore.experiments.harness.optim import current_lr, make_optimizer
+from galcore.experiments.harness.placebo import RandomDirection, is_placebo, placebo_h
 from galcore.experiments.harness.progress import progress as progress_bar
 from galcore.experiments.harness.stacked_nets import ENGINES, StackedH, StackedModel
+from galcore.experiments.harness.train import build_gal, device_of
 
-__all__ = ["RandomDirection", "is_placebo", "placebo_arm", "run_arms_stacked", "run_stacked", "sequential_run"]
-
-# -- the placebo -----------------------------------------------------------------------------
-class RandomDirection(nn.Module):
-    """The placebo's h: ``forward(x)`` returns a standard-normal tensor shaped like ``x`` (its
-    dtype and device) from its own generator seeded ``seed`` (made on the first call), one fresh
-    draw per call. No parameters: GAL then trains nothing, and rescales the draw per sample."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        self.seed = int(seed)
-        self._gen: torch.Generator | None = None
-
-    def draw(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        if self._gen is None:
-            self._gen = torch.Generator(device=device).manual_seed(self.seed)
-        return torch.randn(tuple(shape), generator=self._gen, dtype=dtype, device=device)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.draw(x.shape, x.dtype, x.device)
-
-    def extra_repr(self) -> str:
-        return f"seed={self.seed}"
+__all__ = ["run_arms_stacked", "run_stacked"]
 
 
-def is_placebo(cfg: TrainConfig) -> bool:
-    """Whether ``cfg`` is a placebo arm (``gal={..., "placebo": True}``)."""
-    return cfg.gal is not None and bool(cfg.gal.get("placebo", False))
-
-
-def placebo_arm(cfg: TrainConfig) -> TrainConfig:
-    """The placebo control of a GAL arm: the same options, h replaced by :class:`RandomDirection`."""
-    if cfg.gal is None:
-        raise ValueError("placebo_arm: cfg.gal is None; give a GAL arm (its ratio, scale and acceptance rule)")
-    return replace(cfg, gal={**cfg.gal, "placebo": True})
-
-
-def _gal_options(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in (cfg.gal or {}).items() if k != "placebo"}
-
-
-def sequential_run(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], cache: bool = False) -> RunResult:
-    """One seed through the harness's own loop (``harness.run``); a placebo arm runs as GAL with
-    ``h=RandomDirection(h's seed)``. Signature of ``harness.run_arms``'s ``runner``."""
-    if not is_placebo(cfg):
-        return run(cfg, data, model_fn, cache=cache)
-    options = _gal_options(cfg)
-    options.pop("frozen_h", None)
-    h = RandomDirection(_h_seed(cfg, options))
-    res = run(replace(cfg, gal={**options, "h": h}), data, model_fn, cache=False)
-    res.config = asdict(cfg)
-    return res
-
-
-# -- the arm, parsed once ----------------------------------------------------------------------
 def _check(cfg: TrainConfig, engine: str) -> None:
+    """What a stacked run supports; anything else raises, naming the option."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if cfg.task != "classification" or cfg.loss != "cross_entropy":
@@ -125,24 +76,14 @@ def _check(cfg: TrainConfig, engine: str) -> None:
             raise ValueError(f"stacked runs do not support {name}={getattr(cfg, name)!r}; use harness.run_arms")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
-    if cfg.gal is not None:
-        options = _gal_options(cfg)
-        options.pop("frozen_h", None)
-        options.pop("h_seed", None)
-        gc = GALConfig(**options)  # GALConfig's own message for a misspelt or bad option
+    gc = cfg.gal
+    if gc is not None:
         if gc.normalize != "sample":
-            raise ValueError(f"stacked runs support normalize='sample' only, got {gc.normalize!r}")
+            raise ValueError(f"stacked runs support gal normalize='sample' only, got {gc.normalize!r}")
         if gc.track_plain:
-            raise ValueError("stacked runs do not support track_plain=True")
+            raise ValueError("stacked runs do not support gal track_plain=True")
         if gc.dim not in (-1, 1):
-            raise ValueError(f"stacked runs read logits (B, C): dim must be -1 or 1, got {gc.dim}")
-
-
-def _gal_config(cfg: TrainConfig) -> GALConfig:
-    options = _gal_options(cfg)
-    for k in ("frozen_h", "h_seed", "seed"):
-        options.pop(k, None)
-    return GALConfig(**options)
+            raise ValueError(f"stacked runs read logits (B, C): gal dim must be -1 or 1, got {gc.dim}")
 
 
 def _ce(out: Tensor, y: Tensor) -> Tensor:
@@ -156,7 +97,8 @@ class _GALStep:
 
     def __init__(self, cfg: TrainConfig, hs: list[nn.Module] | None, placebos: list[RandomDirection] | None,
                  out_dtype: torch.dtype) -> None:
-        c = _gal_config(cfg)
+        c = cfg.gal
+        assert c is not None
         self.ratio, self.scale, self.first_order, self.accept = c.ratio, c.scale, c.first_order, c.accept
         work = c.compute_dtype if c.compute_dtype is not None else (
             torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype)
@@ -259,7 +201,7 @@ def run_stacked(
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     _check(cfg, engine)
-    device = _device(cfg.device)
+    device = device_of(cfg.device)
     cfgs = [replace(cfg, seed=s) for s in seeds]
     models, hs = [], []
     for c in cfgs:  # as harness.run: seed, build the model, then GAL (h from its own generator)
@@ -267,14 +209,14 @@ def run_stacked(
         m = model_fn().to(device)
         models.append(m)
         if c.gal is not None and not is_placebo(c):
-            gal = build_gal(replace(c, gal=_gal_options(c)), m, data.num_outputs, device)
+            gal = build_gal(c, m, data.num_outputs, device)
             assert gal is not None
             hs.append(gal.h)
     s = len(seeds)
     stacked = StackedModel(models, engine, data.x_train[:4].to(device))
     step = None
     if cfg.gal is not None:
-        placebos = [RandomDirection(_h_seed(c, _gal_options(c))) for c in cfgs] if is_placebo(cfg) else None
+        placebos = [placebo_h(c) for c in cfgs] if is_placebo(cfg) else None
         out_dtype = next(models[0].parameters()).dtype
         step = _GALStep(cfg, hs or None, placebos, out_dtype)
 
@@ -338,7 +280,7 @@ def run_stacked(
     for c, m, hist in zip(cfgs, models, histories, strict=True):
         final = dict(hist[-1])
         final["mean_epoch_time"] = sum(h["epoch_time"] for h in hist) / len(hist)
-        results.append(RunResult(asdict(c), hist, final, seconds, [], state_hash(m), cpu))
+        results.append(RunResult(c.to_dict(), hist, final, seconds, [], state_hash(m), cpu))
     return results
 
 
