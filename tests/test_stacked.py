@@ -13,7 +13,12 @@ to the model and to h, rtol 1e-6).
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +151,17 @@ def test_bad_input_is_named(data: Data) -> None:
         st.run_stacked(BASE, [0, 0], data, MNIST1DCNN)
     with pytest.raises(ValueError, match="placebo_arm"):
         placebo_arm(BASE)
+
+
+def test_seeds_benchmark_quick(tmp_path: Path) -> None:
+    """benchmarks/seeds.py runs (``--quick``: the smoke data, one stack of 4) and writes its rows."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "seeds.json"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "seeds.py"), "--quick", "--json", str(out)],
+                          check=False, capture_output=True, text=True, cwd=root, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["arm"], r["variant"]) for r in rows} == {(a, v) for a in ("standard", "gal") for v in ("sequential", "unfold-4")}
+    assert all(r["seeds_per_cpu_min"] > 0 and r["ratio"] > 0 for r in rows)
+    assert "seeds per CPU-minute" in proc.stdout
