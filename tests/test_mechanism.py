@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from galcore.experiments import harness, mechanism
-from galcore.experiments.datasets import digits
-from galcore.experiments.harness import TrainConfig
-from galcore.experiments.models import MLP
+from galcore.experiments.ablations import mechanism
+from galcore.experiments.harness import core as harness
+from galcore.experiments.harness.core import TrainConfig
+from galcore.experiments.harness.data import digits
+from galcore.experiments.harness.models import MLP
 
 
 @pytest.fixture(scope="module")
