@@ -23,6 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,7 +116,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
         _stop(proc)
 
 
-def _all_cells_ran(page) -> bool:  # noqa: ANN001 - playwright's Page
+def _all_cells_ran(page: Any) -> bool:
     """Every code cell's prompt shows an execution count (no ``[*]``, no blank prompt)."""
     return bool(page.evaluate(
         """() => {
@@ -150,7 +151,7 @@ def test_run_all_on_01_renders_widgets_figures_and_no_error(lab: tuple[str, Path
             page.locator('.jp-Notebook-ExecutionIndicator[data-status="busy"]').first.wait_for(timeout=60_000)
             deadline = time.monotonic() + RUN_TIMEOUT_S
             while not (_all_cells_ran(page) and indicator.count() > 0):
-                assert time.monotonic() < deadline, f"Run All did not finish in {RUN_TIMEOUT_S} s"
+                assert time.monotonic() < deadline, f"Run All did not finish in {RUN_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
                 page.wait_for_timeout(2000)
             page.wait_for_timeout(2000)  # the last outputs render
             page.screenshot(path=str(tmp_path / "01-ran.png"), full_page=True)
