@@ -66,7 +66,7 @@ def test_readme_is_a_short_front_door() -> None:
              "## Using GAL elsewhere", "## Practical settings", "## Results: the bottom line", "## Links"]
     assert [h for h in heads if h in order] == order, heads
     # "the release" is defined (and linked) before it is used, and only once
-    assert text.count("github.com/luoyan407/gradient_adjustment") == 1
+    assert text.count("(https://github.com/luoyan407/gradient_adjustment)") == 1
     assert text.index("**The release**") < text.lower().index("the release's")
     # mde, margin and verdict are defined where first used
     first = min(text.index(w) for w in ("mde", "margin", "verdict") if w in text)
