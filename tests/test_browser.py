@@ -56,6 +56,21 @@ def test_notebooks_store_the_kernel_metadata_jupyterlab_fills_in() -> None:
         assert meta["kernelspec"] == {"display_name": spec.display_name, "language": spec.language, "name": "python3"}, path.name
 
 
+#: every table in the notebook: how far it reaches past its output (px), and whether an element
+#: between them scrolls horizontally (a wide table must scroll, not be cut at the right edge)
+TABLES_JS = """() => [...document.querySelectorAll('.jp-Notebook table')].map(t => {
+  const host = t.closest('.jp-OutputArea-output, .jp-MarkdownOutput') || t.parentElement;
+  let el = t.parentElement, scrollable = false;
+  while (el && el !== host.parentElement) {
+    const ox = getComputedStyle(el).overflowX;
+    if ((ox === 'auto' || ox === 'scroll') && el.scrollWidth > el.clientWidth + 1) { scrollable = true; break; }
+    el = el.parentElement;
+  }
+  return {overflow: Math.round(t.getBoundingClientRect().right - host.getBoundingClientRect().right), scrollable,
+          text: t.innerText.slice(0, 60)};
+})"""
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -194,7 +209,11 @@ def test_run_all_on_01_renders_widgets_figures_and_no_error(lab: tuple[str, Path
             assert all(img.evaluate("i => i.complete && i.naturalWidth > 0") for img in images.all()), "a figure did not load"
             assert page.locator("text=Jupyter news").count() == 0, "the news toast showed during the run"
             assert page.locator(".jp-OutputArea-output", has_text="PosixPath(").count() == 0, "a stray path output"
+            tables = page.evaluate(TABLES_JS)
+            cut = [t for t in tables if t["overflow"] > 1 and not t["scrollable"]]
+            assert not cut, f"tables wider than their output that do not scroll: {cut}"
             summary = {"bars": bars.count(), "widgets": widgets.count(), "images": images.count(),
+                       "tables": len(tables), "wide_tables_scrolling": sum(t["overflow"] > 1 for t in tables),
                        "console_errors": console}
             (tmp_path / "summary.json").write_text(json.dumps(summary, indent=1))
             print(f"browser saw: {summary}; screenshots in {tmp_path}")
