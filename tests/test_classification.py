@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import galcore.experiments.classification.study as clf
+from galcore import GALConfig
 from galcore.experiments.classification.fullscale import (
     DeviceAugment,
     LoaderData,
@@ -22,8 +23,7 @@ from galcore.experiments.classification.fullscale import (
     fake_cifar,
 )
 from galcore.experiments.classification.mnist1d_models import BASELINE_ACCURACY, MNIST1DCNN, MNIST1DMLP
-from galcore.experiments.harness import stats
-from galcore.experiments.harness.core import Data, Setup, cache_dir, run, state_hash
+from galcore.experiments.harness import Data, Setup, cache_dir, run, state_hash, stats
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +109,7 @@ def test_arms_differ_only_in_how_gal_is_set():
         arms = clf.arms_for(replace(b, arms={}), name)
         assert tuple(arms) == clf.ARMS
         std, gal, own = arms["standard"], arms["gal"], arms["gal+h_adam"]
-        assert std.gal is None and gal.gal == clf.GAL_SETTINGS and own.gal == clf.GAL_SETTINGS
+        assert std.gal is None and gal.gal == GALConfig.from_any(clf.GAL_SETTINGS) == own.gal
         assert replace(gal, gal=None) == std
         assert (own.h_optimizer, own.h_lr) == ("adam", clf.H_ADAM_LR) and replace(own, gal=None, h_optimizer=None, h_lr=None) == std
         assert std.optimizer == clf.MNIST1D_OPTIMIZERS[name]["optimizer"] and std.lr == clf.MNIST1D_OPTIMIZERS[name]["lr"]
@@ -274,7 +274,7 @@ def test_recipe_settings_groups_and_schedule():
     from galcore import GAL
 
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
-    gal = GAL(10, **r.gal_options(), seed=0)
+    gal = GAL(10, config=r.gal_config().replace(seed=0))
     groups = release_param_groups(model, gal, r)
     by = {g["name"]: g for g in groups}
     assert set(by) == {"model", "model_no_decay", "h"}
@@ -378,7 +378,7 @@ def test_loader_path_fairness():
     from galcore.experiments.classification.fullscale import run_loader_arms
 
     arms = clf.arms_for(b, "SGD+momentum")
-    arms["gal"] = replace(arms["gal"], gal={**arms["gal"].gal, "ratio": 0.0, "compute_dtype": None})
+    arms["gal"] = replace(arms["gal"], gal=arms["gal"].gal.replace(ratio=0.0, compute_dtype=None))
     finals, hists = run_loader_arms(arms, (3,), data, b.setup.model_fn, progress=False)
     assert finals["weights_hash"].nunique() == 1
     a, g = (hists[hists["arm"] == k].reset_index(drop=True) for k in ("standard", "gal"))

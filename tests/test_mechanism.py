@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from galcore.experiments import harness
 from galcore.experiments.ablations import mechanism
-from galcore.experiments.harness import core as harness
-from galcore.experiments.harness.core import TrainConfig
+from galcore.experiments.harness import TrainConfig
 from galcore.experiments.harness.data import digits
 from galcore.experiments.harness.models import MLP
 

@@ -1,6 +1,6 @@
 """Image classification with and without GAL (notebook 02): the benchmarks, their optimizers,
 GAL arms and seeds per profile, the comparison table with verdicts, the conclusion text and the
-figures. Training and statistics are :mod:`galcore.experiments.harness.core`'s (``run_arms``,
+figures. Training and statistics are :mod:`galcore.experiments.harness`'s (``run_arms``,
 ``compare``); paper-scale data goes through :mod:`galcore.experiments.classification.fullscale`.
 
 Benchmarks (:func:`benchmarks`):
@@ -28,7 +28,7 @@ it does not move; notebook 05 measures both), as the release's ImageNet recipe g
 ``gal_lr``. Adam (and AdaBound) already adapt h's step inside the model's optimizer, so they run
 ``gal`` only (:data:`ADAPTIVE_ARMS`); so does Lookahead(SGD), on digits, for budget.
 
-Verdicts: :func:`compare_table` calls :func:`galcore.experiments.harness.core.compare` for test
+Verdicts: :func:`compare_table` calls :func:`galcore.experiments.harness.compare` for test
 error (margin :data:`MARGIN_ERROR` = 0.08 points, the release's smallest gain) and test NLL
 (margin :data:`NLL_MARGIN_REL` x the standard arm's mean NLL).
 """
@@ -53,8 +53,7 @@ from galcore.experiments.classification.fullscale import (
 )
 from galcore.experiments.classification.imagenet_recipe import ImageNetData, ImageNetRecipe, recipe_run
 from galcore.experiments.classification.mnist1d_models import BASELINE_ACCURACY, BASELINE_RECIPE, MNIST1DCNN, MNIST1DMLP
-from galcore.experiments.harness import stats
-from galcore.experiments.harness.core import Data, Setup, TrainConfig, compare, run_arms
+from galcore.experiments.harness import Data, Setup, TrainConfig, compare, run_arms, stats
 from galcore.experiments.harness.data import digits, mnist1d
 from galcore.experiments.harness.models import ResNet8, SmallCNN
 from galcore.experiments.harness.profile import Profile, get_profile
@@ -78,7 +77,6 @@ __all__ = [
     "compare_table",
     "conclusion_text",
     "default_setup",
-    "default_setups",
     "findings_text",
     "full_setup",
     "gal_options",
@@ -90,7 +88,6 @@ __all__ = [
     "optimizer_config",
     "optimizer_settings",
     "overhead_table",
-    "paired_arms",
     "paper_benchmarks",
     "plot_acceptance",
     "plot_learning_curves",
@@ -326,14 +323,6 @@ def default_setup(
     return _digits_setup(_DIGITS_PLAN[p], model)
 
 
-def default_setups(profile: Profile | None = None, **kw: Any) -> list[Setup]:
-    """CIFAR-10 and CIFAR-100 in ``full``, else the digits setup."""
-    p = profile or get_profile()
-    if p == "full":
-        return [default_setup(p, dataset=d, **kw) for d in ("cifar10", "cifar100")]
-    return [default_setup(p, **kw)]
-
-
 def is_fullscale(setup: Setup) -> bool:
     """Whether the setup reads its data through a loader (paper scale)."""
     return isinstance(setup.data, LoaderData)
@@ -423,13 +412,6 @@ def optimizer_config(setup: Setup, name: str, settings: Mapping[str, Mapping[str
     return replace(setup.base, optimizer=s["optimizer"], lr=s["lr"], optimizer_kwargs=dict(s["optimizer_kwargs"]), gal=None)
 
 
-def paired_arms(setup: Setup, name: str, gal: Mapping[str, Any] | None = None) -> dict[str, TrainConfig]:
-    """``{"standard": cfg, "gal": cfg with GAL}`` for optimizer ``name``; ``gal`` overrides
-    :func:`gal_settings` keys."""
-    cfg = optimizer_config(setup, name)
-    return {"standard": cfg, "gal": replace(cfg, gal={**gal_settings(setup), **(gal or {})})}
-
-
 def arms_for(bench: Benchmark, name: str) -> dict[str, TrainConfig]:
     """The benchmark's arms for optimizer ``name`` (:meth:`Benchmark.arms_of`): ``standard``;
     ``gal`` (h in the model's optimizer); ``gal+h_adam`` (h in its own Adam, lr :data:`H_ADAM_LR`)."""
@@ -478,7 +460,7 @@ def _seeds_needed(sd: float, effect: float) -> float:
 
 def compare_table(finals: pd.DataFrame, *, margin_error: float = MARGIN_ERROR, nll_margin_rel: float = NLL_MARGIN_REL,
                   effect: float = RELEASE_GAINS[0]) -> pd.DataFrame:
-    """:func:`galcore.experiments.harness.core.compare` per (data, optimizer) for ``test_error``
+    """:func:`galcore.experiments.harness.compare` per (data, optimizer) for ``test_error``
     (points; margin ``margin_error``; ``seeds_needed`` at ``effect``) and ``test_loss`` (NLL;
     margin ``nll_margin_rel`` x the standard arm's mean NLL; ``seeds_needed`` at that margin),
     both lower-is-better. Adds ``seeds_needed_large`` (test error: seeds for the release's
