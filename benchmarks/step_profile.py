@@ -1,6 +1,6 @@
 """Where the time of one GAL step goes: a per-phase CPU-time breakdown, against the standard step.
 
-    python benchmarks/step_profile.py --threads 1 --models mlp,cnn --readme README.md   # the README's profile
+    python benchmarks/step_profile.py --threads 1 --models mlp,cnn --readme README.md   # the profile in docs/speed.md
     python benchmarks/step_profile.py --models mlp --variants gal --ops 25    # plus torch.profiler's top ops
 
 The variants of ``benchmarks/step_overhead.py`` (same models, weights, h and settings) run
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--ops", type=int, default=0, help="also print torch.profiler's top N operators per variant")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--readme", type=Path, default=None, help="rewrite the text between this file's speed:profile markers")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="the README: rewrite the text between the speed:profile markers of docs/speed.md beside it")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = ("standard", *(v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "standard"))
@@ -196,13 +197,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     if args.readme is not None:
         command = "python benchmarks/step_profile.py " + " ".join(sys.argv[1:] if argv is None else argv)
         begin, end = "<!-- speed:profile:begin -->", "<!-- speed:profile:end -->"
-        text = args.readme.read_text()
+        doc = args.readme.parent / "docs" / "speed.md"
+        text = doc.read_text()
         pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
         if not pattern.search(text):
-            raise SystemExit(f"--readme: {args.readme} has no {begin} ... {end} block")
+            raise SystemExit(f"--readme: {doc} has no {begin} ... {end} block")
         table = markdown(results, args.threads, args.steps, command)
-        args.readme.write_text(pattern.sub(lambda _: f"{begin}\n{table}\n{end}", text, count=1))
-        print(f"rewrote the profile in {args.readme}")
+        doc.write_text(pattern.sub(lambda _: f"{begin}\n{table}\n{end}", text, count=1))
+        print(f"rewrote the profile in {doc}")
     return results
 
 

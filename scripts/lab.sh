@@ -50,6 +50,10 @@ if [ -d "$results" ]; then executed=$(find "$results" -maxdepth 1 -name '*.ipynb
     echo "lab: executed copies with outputs will be in $results once 'bash scripts/main.sh' has run (none there yet)"
   fi
 } >&2
+# JupyterLab's page config from scripts/jupyter/labconfig/page_config.json (read before the user's
+# own): the news and update-check plugin is disabled, so no "get notified about Jupyter news?"
+# toast on first open (--LabApp.news_url=None below only stops the fetch)
+export JUPYTER_CONFIG_PATH="$root/scripts/jupyter${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
 # JupyterLab refuses to run as root (containers, CI machines) unless told it may
 as_root=()
 [ "$(id -u)" = 0 ] && as_root=(--allow-root)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,10 @@ META_FIELDS = {"device", "threads", "torch", "galcore", "memory_method", "timing
 def test_step_overhead_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench" / "step_overhead.json"
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- speed:table:begin -->\nold table\n<!-- speed:table:end -->\nrest\n")
+    readme.write_text("# readme\n")
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "speed.md"
+    doc.write_text("intro\n<!-- speed:table:begin -->\nold table\n<!-- speed:table:end -->\nrest\n")
     cmd = [
         sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--threads", "1",
         "--models", "mlp,cnn", "--json", str(out), "--readme", str(readme),
@@ -61,13 +65,18 @@ def test_step_overhead_quick(tmp_path: Path) -> None:
     with (out.with_suffix(".csv")).open() as f:
         table = list(csv.DictReader(f))
     assert [t["model"] for t in table] == ["mlp", "cnn"] and "ratio_gal" in table[0]
-    # the markdown table, also written between the README's markers (the rest of the file kept)
+    # the markdown table, also written between docs/speed.md's markers (the rest of it kept; the README untouched)
     md = out.with_suffix(".md").read_text()
     assert [line[:2] for line in md.splitlines()[:4]] == ["| ", "|-", "| ", "| "]  # header, rule, 2 models
     assert "| MLP 64-256-10, batch 256 |" in md
-    text = readme.read_text()
+    text = doc.read_text()
     assert text.startswith("intro\n<!-- speed:table:begin -->\n| model |") and text.endswith("<!-- speed:table:end -->\nrest\n")
-    assert "old table" not in text and md.strip() in text
+    assert "old table" not in text and md.strip() in text and readme.read_text() == "# readme\n"
+    # every target stands beside this run's figure for it, never as a met / not-met word
+    mlp = rows["mlp"]
+    assert f"MLP 64-256-10 gal / release {mlp['gal_vs_release']:.2f} (target <= 1)" in md
+    assert f"MLP 64-256-10 gal_compiled {mlp['ratio_gal_compiled']:.2f}x (target <= {mlp['target_compiled']:.2f}x)" in md
+    assert re.search(r"\bmet\b", md) is None
 
 
 def test_release_step_equals_the_reference_step() -> None:

@@ -74,8 +74,9 @@ def test_show_saves_the_png_and_closes_the_figure(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("GALCORE_RESULTS", str(tmp_path))
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    path = show(fig, "line", "demo")
-    assert path == tmp_path / "demo" / "line.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert show(fig, "line", "demo") is None  # a cell ending with show(...) prints no path
+    path = tmp_path / "demo" / "line.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
 
 

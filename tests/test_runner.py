@@ -14,8 +14,11 @@ from galcore.experiments.main.report import (
     BEGIN,
     END,
     PACKAGES,
+    RELEASE_BEGIN,
+    RELEASE_END,
     SUMMARY_COLUMNS,
     environment,
+    release_table,
     render_summary,
     update_readme,
     write_summary,
@@ -36,6 +39,8 @@ FIGURE_CELLS = [
               "fig, ax = plt.subplots()\nax.plot([0, 1], [1, 0])\npath = show(fig, 'line', 'tiny')\n"
               "print(matplotlib.get_backend(), os.environ['GALCORE_PROGRESS'], os.environ['OMP_NUM_THREADS'])")),
     ("code", "FINDINGS.update(Markdown('**computed findings**'))"),
+    ("code", "import ipywidgets\nbar = ipywidgets.IntProgress(value=3, max=10)\ndisplay(bar)"),
+    ("code", "fig, ax = plt.subplots()\nshow(fig, 'last', 'tiny')"),
 ]
 
 
@@ -63,6 +68,12 @@ def test_runner_runs_in_parallel_names_failures_and_keeps_figures(tmp_path: Path
     assert [o["data"]["text/markdown"] for o in top if o["output_type"] == "display_data"] == ["**computed findings**"]
     images = [o for o in figure if o["output_type"] == "display_data" and "image/png" in o["data"]]
     assert len(images) == 1 and (results / "tiny" / "line.png").is_file()
+    # the widget's state is stored with the executed copy, so a reopened bar renders
+    view = nb.cells[4].outputs[0]["data"]["application/vnd.jupyter.widget-view+json"]
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert state[view["model_id"]]["state"]["value"] == 3
+    # a cell that ends with show(...) shows the figure and no path
+    assert [o["output_type"] for o in nb.cells[5].outputs] == ["display_data"] and "image/png" in nb.cells[5].outputs[0]["data"]
     printed = "".join(o.get("text", "") for o in figure if o["output_type"] == "stream").split()
     assert printed[1:] == ["log", "1"] and "inline" in printed[0]
     summary = (results / "summary.md").read_text()
@@ -124,9 +135,19 @@ def test_summary_gathers_conclusions_and_tables_with_verdicts(tmp_path: Path) ->
     assert env["profile"] == "default" and set(env["packages"]) == set(PACKAGES)
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{BEGIN}\nSTALE\n{END}\noutro\n")
+    (tmp_path / "docs").mkdir()
+    method = tmp_path / "docs" / "method.md"
+    method.write_text(f"m\n{RELEASE_BEGIN}\nold\n{RELEASE_END}\n")
     assert update_readme(readme, out)
     body = readme.read_text()
-    assert "STALE" not in body and "### 02_classification" in body and body.endswith("outro\n")
+    # the README gets the bottom line: the run, a verdict count per notebook, each one's headline
+    assert "STALE" not in body and body.startswith(f"intro\n{BEGIN}\nThe last main job: ") and body.endswith("outro\n")
+    assert "| 02_classification | 3 | 0 | 0 | 1 | 0 |" in body  # better x3 (two rows and the escaped one), inconclusive x1
+    assert "| metric |" not in body and "CONCLUSION-MARKER" not in body  # no headline without a verdict
+    # docs/results.md gets the whole summary; docs/method.md the release's numbers
+    assert (tmp_path / "docs" / "results.md").read_text().split("-->", 1)[1].strip() == out.read_text().strip()
+    assert release_table() in method.read_text() and "old" not in method.read_text()
+    assert "| CIFAR-10 | SGD | 0.001 | 1.86 | 1.78 | -0.08 |" in release_table()
     assert not update_readme(readme, out)  # idempotent
 
 

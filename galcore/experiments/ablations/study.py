@@ -384,7 +384,7 @@ def verdict_view(verdicts: pd.DataFrame) -> pd.DataFrame:
     return v.sort_values("metric", kind="stable", key=lambda m: m != "test_loss").reset_index(drop=True)
 
 
-def show_dose(finals: pd.DataFrame, folder: str = OUT) -> Any:
+def show_dose(finals: pd.DataFrame, folder: str = OUT) -> None:
     """Median test NLL and mean test error against r, one line per way h learns (normalize
     "batch" dashed when present), the standard method as a grey line. Saved and shown."""
     import matplotlib.pyplot as plt
@@ -411,10 +411,10 @@ def show_dose(finals: pd.DataFrame, folder: str = OUT) -> Any:
         ax.set_ylabel(name)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    return show(fig, "dose_response" if "batch" not in set(gal["normalize"]) else "dose_response_batch", folder)
+    show(fig, "dose_response" if "batch" not in set(gal["normalize"]) else "dose_response_batch", folder)
 
 
-def show_mechanism(finals: pd.DataFrame, hists: pd.DataFrame, folder: str = OUT, normalize: str = "sample") -> Any:
+def show_mechanism(finals: pd.DataFrame, hists: pd.DataFrame, folder: str = OUT, normalize: str = "sample") -> None:
     """Left: the adjustment's share of the parameter step at the first step and of each
     epoch's net move, against r, beside the per-sample bound r. Middle: h's mean pairwise
     cosine per epoch. Right: coherence of the adjustment's and of the gradient's parameter
@@ -451,10 +451,10 @@ def show_mechanism(finals: pd.DataFrame, hists: pd.DataFrame, folder: str = OUT,
     axes[2].set(xlabel="epoch", ylabel="coherence over the epoch (dotted: gradient)", ylim=(0, 1.05))
     axes[2].legend(fontsize=6)
     fig.tight_layout()
-    return show(fig, "mechanism" if normalize == "sample" else f"mechanism_{normalize}", folder)
+    show(fig, "mechanism" if normalize == "sample" else f"mechanism_{normalize}", folder)
 
 
-def show_verdicts(verdicts: pd.DataFrame, metric: str, name: str, folder: str = OUT) -> Any:
+def show_verdicts(verdicts: pd.DataFrame, metric: str, name: str, folder: str = OUT) -> None:
     """A forest plot of ``metric``'s comparisons: one row per treatment, one panel per control
     (treatment - control, mean with its 95% interval, the margin shaded, the verdict written at
     the right). Symmetric-log x axis: diverged seeds make some differences huge."""
@@ -492,7 +492,7 @@ def show_verdicts(verdicts: pd.DataFrame, metric: str, name: str, folder: str = 
     axes[0][0].set_yticklabels(arms, fontsize=8)
     axes[0][0].invert_yaxis()
     fig.tight_layout()
-    return show(fig, f"{name}_{metric}", folder)
+    show(fig, f"{name}_{metric}", folder)
 
 
 # -- computed text -----------------------------------------------------------------------------

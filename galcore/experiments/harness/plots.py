@@ -10,7 +10,6 @@ per-seed differences with their interval, the equivalence margin and the verdict
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,10 @@ from galcore.experiments.harness.results import save_figure
 __all__ = ["paired_differences", "show"]
 
 
-def show(fig: Any, name: str, folder: str, *, dpi: int = 120) -> Path:
+def show(fig: Any, name: str, folder: str, *, dpi: int = 120) -> None:
     """Save ``fig`` as ``results/<folder>/<name>.png``, display that PNG inline when running
-    in a kernel, close the figure, and return the file's path."""
+    in a kernel, and close the figure. Returns None, so a cell that ends with ``show(...)`` shows
+    the figure and nothing else (the file is ``results_dir(folder) / f"{name}.png"``)."""
     import matplotlib.pyplot as plt
 
     path = save_figure(fig, name, folder, dpi=dpi)
@@ -35,7 +35,6 @@ def show(fig: Any, name: str, folder: str, *, dpi: int = 120) -> Path:
             display(Image(data=path.read_bytes(), format="png"))
     finally:
         plt.close(fig)
-    return path
 
 
 def paired_differences(

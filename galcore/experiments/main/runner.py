@@ -93,7 +93,9 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 3600, stream: TextIO 
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    # store_widget_state: the executed copy keeps its widgets' state (progress bars render when reopened)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                            resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     section = ""
@@ -117,6 +119,8 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 3600, stream: TextIO 
                     outcome.failed_cell = number
                     outcome.error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
                     break
+            # cells run one by one here, not through client.execute(), which would store it itself
+            client.set_widgets_metadata()
     except Exception as e:  # noqa: BLE001 - kernel died, timeout...: recorded, the other notebooks still run
         outcome.ok = False
         outcome.error = f"{type(e).__name__}: {e}"
