@@ -99,8 +99,8 @@ def test_longest_first_order_and_kernel_environment() -> None:
 
 def _row(setting: str, **values: object) -> dict[str, object]:
     base = {"setting": setting, "metric": "test_error", "mean_control": 2.0, "mean_treatment": 1.9, "mean_diff": -0.1,
-            "low": -0.2, "high": -0.01, "p_value": 0.03, "n": 10, "mde": 0.08, "margin": 0.05, "verdict": "better",
-            "seeds_needed": 25, "outputs": 10}
+            "low": -0.2, "high": -0.01, "p_value": 0.03, "p_holm": 0.06, "tost_bound": 0.2, "n": 10, "n_diverged": 0,
+            "mde": 0.08, "margin": 0.05, "verdict": "better", "same_as": "", "seeds_needed": 25, "outputs": 10}
     return {**base, **values}
 
 
@@ -121,13 +121,13 @@ def test_summary_gathers_conclusions_and_tables_with_verdicts(tmp_path: Path) ->
     lines = text.splitlines()
     header = "| setting | " + " | ".join(SUMMARY_COLUMNS) + " |"
     assert header in lines
-    assert "| sgd | test_error | 2 | 1.9 | -0.1 | -0.2 | -0.01 | 0.03 | 10 | 0.08 | 0.05 | better | 25 | 10 |" in lines
-    assert "| adam | test_error | 2 | 1.9 | 0.01 | -0.2 | 0.22 | 0.03 | 10 | 0.08 | 0.05 | inconclusive | 25 | 10 |" in lines
+    assert "| sgd | test_error | 2 | 1.9 | -0.1 | -0.2 | -0.01 | 0.03 | 0.06 | 0.2 | 10 | 0 | 0.08 | 0.05 | better |  | 25 | 10 |" in lines
+    assert "| adam | test_error | 2 | 1.9 | 0.01 | -0.2 | 0.22 | 0.03 | 0.06 | 0.2 | 10 | 0 | 0.08 | 0.05 | inconclusive |  | 25 | 10 |" in lines
     # each notebook's conclusion sits under its heading, before its table; notebooks in name order
     i_theory, i_clf, i_legacy = (lines.index(f"## {n}") for n in ("01_theory", "02_classification", "03_legacy"))
     assert i_theory < lines.index("THEORY-MARKER") < i_clf < lines.index("CONCLUSION-MARKER") < lines.index(header) < i_legacy
     assert "| m | 1 | 1 | 0 | -1 | 1 | 1 | 3 | n/a |" in lines  # a table without verdicts is not given one
-    assert "| r=0.1 \\| frozen | test_error | 2 | 1.9 | -0.1 | -0.2 | -0.01 | 0.03 | 10 | 0.08 | 0.05 | better | 25 | 10 |" in lines
+    assert "| r=0.1 \\| frozen | test_error | 2 | 1.9 | -0.1 | -0.2 | -0.01 | 0.03 | 0.06 | 0.2 | 10 | 0 | 0.08 | 0.05 | better |  | 25 | 10 |" in lines
     assert "## 02 · Classification" not in text  # one heading per notebook
     assert "| diverged | test_error | 2 | 1.9e+31 |" in text  # large values in short form
     out = write_summary(tmp_path, profile="default")

@@ -30,6 +30,9 @@ from typing import Any
 
 import pandas as pd
 
+from galcore.experiments.harness.compare import HOW_TO_READ as COMPARE_HOW_TO_READ
+from galcore.experiments.harness.stats import VERDICTS
+
 __all__ = [
     "PACKAGES", "SUMMARY_COLUMNS", "bottom_line", "environment", "release_table", "render_summary", "update_readme",
     "write_summary",
@@ -38,8 +41,8 @@ __all__ = [
 #: columns every ``summary.csv`` provides (extra columns are kept in the CSV, not rendered);
 #: ``outputs`` (the number of model outputs C) may be left empty where it does not apply
 SUMMARY_COLUMNS = [
-    "metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "n",
-    "mde", "margin", "verdict", "seeds_needed", "outputs",
+    "metric", "mean_control", "mean_treatment", "mean_diff", "low", "high", "p_value", "p_holm", "tost_bound",
+    "n", "n_diverged", "mde", "margin", "verdict", "same_as", "seeds_needed", "outputs",
 ]
 #: columns that say which comparison a row is, rendered first when present
 DESCRIPTORS = ["task", "setting", "study", "factor", "best", "data", "dataset", "arch", "model", "loss", "optimizer", "arm"]
@@ -55,24 +58,17 @@ RELEASE_BEGIN, RELEASE_END = "<!-- release:begin -->", "<!-- release:end -->"
 #: where, beside the README, the full results and the method page are
 RESULTS_DOC, METHOD_DOC = Path("docs") / "results.md", Path("docs") / "method.md"
 #: the verdicts a table's ``verdict`` column holds (:data:`galcore.experiments.harness.stats.VERDICTS`)
-VERDICT_WORDS = ("better", "worse", "equivalent", "inconclusive", "identical")
+VERDICT_WORDS = VERDICTS
 #: the widest line of generated prose (the README's wrap)
 WIDTH = 100
 #: the longest headline taken from a conclusion (characters; longer ones end with "...")
 HEADLINE_CHARS = 240
 
 HOW_TO_READ = (
-    "Each row compares a treatment (GAL, or in the ablations a setting of GAL) with its control "
-    "(the standard method, or the study's control setting) on the same seeds, initial weights and "
-    "data order. `mean_diff` is the mean paired difference treatment - control of `metric` over "
-    "`n` seeds, `low`/`high` its 95% confidence interval (Student's t). `mde` is the smallest true "
-    "difference this many seeds detect with 80% power (two-sided 5% paired t-test, from the "
-    "observed spread of the differences); `margin` is the difference the task counts as "
-    "negligible, and `seeds_needed` the seeds that would give 80% power at that size. "
-    "`verdict`: `better` or `worse` when the interval excludes 0; `equivalent` when two one-sided "
-    "tests place the difference within ±`margin`; `identical` when the final weights are "
-    "bit-identical on every seed (the arms are the same computation); otherwise `inconclusive` "
-    "(this experiment cannot tell; compare `mde` with `margin`)."
+    COMPARE_HOW_TO_READ
+    + " In the ablations the control is the study's control setting. Results reproduce in distribution, "
+    "not bit for bit: CPU kernels differ between machines of the same kind, so the same code and seeds give "
+    "other per-seed numbers elsewhere, with the same spread."
 )
 
 
