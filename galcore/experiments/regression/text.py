@@ -56,7 +56,9 @@ def row_text(r: pd.Series) -> str:
 def _headline(rows: pd.DataFrame, question: str) -> str:
     if rows.empty:
         return ""
-    per = "; ".join(f"{d} / {o}: {v}" for d, o, v in zip(rows["dataset"], rows["optimizer"], rows["verdict"], strict=True))
+    named = rows["setting"].nunique() > 1  # name the comparison when the headline pools several
+    per = "; ".join(f"{LABELS.get(s, s) + ', ' if named else ''}{d} / {o}: {v}"
+                    for s, d, o, v in zip(rows["setting"], rows["dataset"], rows["optimizer"], rows["verdict"], strict=True))
     return f"**{question}** {_counts(rows['verdict'])} ({per})."
 
 
@@ -117,4 +119,4 @@ def _families(table: pd.DataFrame) -> str:
     a test and do not repeat another arm's computation)."""
     made = table[(table["same_as"].fillna("") == "") & table["p_value"].notna()]
     sizes = made.groupby(["dataset", "metric"], sort=False).size()
-    return ", ".join(f"{d} {m}: {n} tests" for (d, m), n in sizes.items())
+    return ", ".join(f"{d} {m}: {n} test{'s' if n != 1 else ''}" for (d, m), n in sizes.items())
