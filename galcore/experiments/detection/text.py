@@ -24,11 +24,18 @@ def is_pilot(table: Any) -> bool:
 def pilot_text(table: Any, profile: str) -> str:
     """One sentence on what these seeds resolve: the mde of each comparison against its margin,
     the seeds a margin-sized difference would need, and whether that makes the study a pilot."""
-    parts = [f"{r.arch} {r.metric}: mde {_g(r.mde)} against margin {_g(r.margin)} ({int(r.n)} seeds; about "
-             f"{_g(r.seeds_needed)} would detect a margin-sized difference)" for r in table.itertuples()]
+    parts = []
+    for r in table.itertuples():
+        if math.isfinite(r.mde):
+            need = f"; about {_g(r.seeds_needed)} would detect a margin-sized difference" if math.isfinite(
+                r.seeds_needed) else ""
+            parts.append(f"{r.arch} {r.metric}: mde {_g(r.mde)} against margin {_g(r.margin)} ({int(r.n)} seeds{need})")
+        else:
+            parts.append(f"{r.arch} {r.metric}: mde unknown ({int(r.n)} seeds, differences without spread) against "
+                         f"margin {_g(r.margin)}")
     if is_pilot(table):
         head = (f"**A pilot, not a test of a margin-sized effect** (profile `{profile}`): the smallest difference these "
-                "seeds detect with 80% power exceeds the margin")
+                "seeds detect with 80% power exceeds the margin, or is unknown")
     else:
         head = f"**Powered for the margin** (profile `{profile}`): every mde is below its margin"
     return head + ": " + "; ".join(parts) + "."
