@@ -9,4 +9,4 @@ from galcore.experiments.regression.probe import *
 from galcore.experiments.regression.study import *
 from galcore.experiments.regression.text import *
 
-__all__ = [*data.__all__, *plots.__all__, *probe.__all__, *study.__all__, *text.__all__]  # noqa: PLE0604 - the submodules' names
+__all__ = [*data.__all__, *plots.__all__, *probe.__all__, *study.__all__, *text.__all__, "placebo"]  # noqa: PLE0604 - the submodules' names

@@ -69,12 +69,15 @@ def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | 
     counted = table[table["counted"]]
     rmse = counted[counted["metric"] == "test_rmse"]
     mech = counted[counted["metric"] == "remainder_ratio"]
-    head = [
+    rules = (
         f"Verdicts use p-values Holm-adjusted within each dataset and metric ({_families(table)}). Test RMSE's margin is "
         f"{margins.ERROR_GAIN_RELATIVE:.1%} of the control's mean test RMSE (the release's CIFAR-10 SGD gain, "
         f"{margins.ANCHOR[0]:g}% -> {margins.ANCHOR[1]:g}% test error, read as a relative gain); the remainder ratio's is "
         "5% of 2r, what a perfect h could take off a random one. Counted below: settings with two or more outputs, "
-        "each computation once.",
+        "each computation once."
+    )
+    head = [
+        rules,
         _headline(rmse[rmse["setting"] == "gal vs standard"], "Does GAL change test RMSE (GAL vs standard)?"),
         _headline(rmse[rmse["setting"] == "gal vs placebo"],
                   "Is it h (GAL vs the placebo, a random direction of the same norm through the same acceptance rule)?"),
@@ -92,8 +95,8 @@ def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | 
     if len(single):
         same = single[single["same_as"].fillna("") != ""]
         ident = single[single["verdict"] == "identical"]
-        bits = [f"**One output (shown, not counted):** with one output h's direction is ±g, so GAL only rescales each "
-                f"sample's gradient by 1 ± r. Measured: {_counts(single[single['same_as'].fillna('') == '']['verdict'])}."]
+        bits = [(f"**One output (shown, not counted):** with one output h's direction is ±g, so GAL only rescales each "
+                 f"sample's gradient by 1 ± r. Measured: {_counts(single[single['same_as'].fillna('') == '']['verdict'])}.")]
         if len(ident):
             bits.append("Bit-identical final weights on every seed: "
                         + ", ".join(f"{r.arm} and {r.control} ({r.dataset}, {r.optimizer}, {r.metric})"
