@@ -101,6 +101,12 @@ def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | 
             bits.append("Bit-identical final weights on every seed: "
                         + ", ".join(f"{r.arm} and {r.control} ({r.dataset}, {r.optimizer}, {r.metric})"
                                     for r in ident.itertuples()) + ": the same computation, so h never changes.")
+        lvf = single[(single["setting"] == "gal vs gal_frozen") & (single["metric"] == "test_rmse")
+                     & (single["verdict"] != "identical")]
+        for r in lvf.itertuples():
+            bits.append(f"Learned vs frozen h ({r.dataset}, {r.optimizer}): **{r.verdict}** but not bit-identical "
+                        f"(difference {r.mean_diff:+.2g} [{r.low:+.2g}, {r.high:+.2g}]): h's weights move by rounding "
+                        "only, the gradient of a sign being zero (the h probe below measures it).")
         if len(same):
             bits.append("Reported once: " + ", ".join(f"{r.arm} = {r.same_as} (vs {r.control})" for r in same.itertuples())
                         + ".")
