@@ -48,6 +48,8 @@ def row_text(r: pd.Series) -> str:
     text = (f"{what}: **{r['verdict']}** ({r['mean_control']:.4g} -> {r['mean_treatment']:.4g}, difference "
             f"{r['mean_diff']:+.3g} [{r['low']:+.3g}, {r['high']:+.3g}], p {_fmt(r['p_value'])}, Holm {_fmt(r['p_holm'])}, "
             f"TOST bound {_fmt(r['tost_bound'])} vs margin {_fmt(r['margin'])}, mde {_fmt(r['mde'])}, n {int(r['n'])}")
+    if r["verdict"] == "equivalent" and bool(r["ci_excludes_0"]):
+        text += "; the 95% interval excludes 0: a difference, negligible by the margin"
     if r["verdict"] == "inconclusive" and math.isfinite(r["seeds_needed"]):
         text += f"; about {_fmt(r['seeds_needed'])} seeds would resolve a margin-sized difference"
     return text + ")"
