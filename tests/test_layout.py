@@ -71,7 +71,6 @@ print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))
 LONG_MODULES = {
     "galcore/experiments/classification/study.py": "to be split by the evidence work (notebook 02)",
     "galcore/experiments/ablations/study.py": "to be split by the evidence work (notebook 05)",
-    "galcore/gal.py": "to be slimmed by the core rework (step.py, watch.py)",
 }
 MAX_LINES = 500
 

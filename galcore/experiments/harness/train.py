@@ -29,6 +29,7 @@ from galcore.experiments.harness.cache import cache_key, cached
 from galcore.experiments.harness.config import LOSSES, Data, RunResult, TrainConfig
 from galcore.experiments.harness.hashing import state_hash
 from galcore.experiments.harness.optim import current_lr, make_optimizer
+from galcore.experiments.harness.placebo import placebo_h
 from galcore.experiments.harness.progress import progress as progress_bar
 from galcore.gal import GAL, GALStep, ParamGAL
 from galcore.remainder import RemainderProbe
@@ -116,7 +117,8 @@ def build_gal(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torc
     if cfg.gal is None:
         return None
     where = {"model": model} if cfg.space == "parameter" else {"output_dim": num_outputs}
-    return build.build_gal(cfg.gal, run_seed=cfg.seed, frozen=cfg.frozen_h, device=device, **where)
+    h = placebo_h(cfg)  # the placebo arm: a seeded random direction instead of h
+    return build.build_gal(cfg.gal, run_seed=cfg.seed, frozen=cfg.frozen_h, device=device, h=h, **where)
 
 
 def optimizers(cfg: TrainConfig, model: nn.Module, gal: GAL | ParamGAL | None) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
