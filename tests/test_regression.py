@@ -17,6 +17,7 @@ from galcore.experiments import harness
 from galcore.experiments import regression as R
 from galcore.experiments.harness import margins, stats
 from galcore.experiments.harness.data import digits_arrays
+from galcore.experiments.harness.placebo import is_placebo
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ def test_default_setup_and_arms() -> None:
     for opt in R.OPTIMIZERS:
         arms = R.arms_for(s, opt)
         assert tuple(arms) == tuple(a for a in R.ARMS if opt == "momentum" or a != "lr_scaled")
-        assert arms["placebo"].frozen_h and arms["placebo"].gal == arms["gal"].gal and "placebo" in R.PLACEBO_ARMS
+        assert is_placebo(arms["placebo"]) and arms["placebo"].gal == arms["gal"].gal
+        assert not is_placebo(arms["gal_frozen"]) and arms["placebo"].h_optimizer is None
         if opt == "momentum":  # the standard arm at lr x (1 - r)
             assert arms["lr_scaled"].gal is None and arms["lr_scaled"].lr == pytest.approx(R.LR[opt] * (1 - R.RATIO))
         assert arms["standard"].gal is None and arms["standard"].lr == arms["gal"].lr == R.LR[opt]
@@ -212,25 +214,14 @@ def test_run_task_one_output_learned_and_frozen_h_are_identical(tmp_path, monkey
     assert list(R.summary_table(table).columns) == R.SUMMARY
 
 
-def test_placebo_noise_h_and_run() -> None:
-    h = R.placebo.NoiseH(7)
-    state = torch.random.get_rng_state()
-    x = torch.zeros(5, 2, dtype=torch.float64)
-    a, b = h(x), h(x)
-    assert a.shape == (5, 2) and a.dtype == torch.float64 and not torch.equal(a, b)  # a new draw per step
-    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is untouched
-    assert torch.equal(R.placebo.NoiseH(7)(x), a) and list(h.parameters()) == []
-    with pytest.raises(TypeError, match="seed"):
-        R.placebo.NoiseH(1.5)
+def test_placebo_arm_runs_random_directions_not_h() -> None:
     s = R.default_setup("smoke", "diabetes")
     arms = R.arms_for(replace(s, base=replace(s.base, epochs=1)), "adam")
-    p1 = R.placebo.run(arms["placebo"], s.data, s.model_fn, False)
-    p2 = R.placebo.run(arms["placebo"], s.data, s.model_fn, False)
+    p1 = harness.run(arms["placebo"], s.data, s.model_fn)
+    p2 = harness.run(arms["placebo"], s.data, s.model_fn)
     frozen = harness.run(arms["gal_frozen"], s.data, s.model_fn)
     assert p1.weights_hash == p2.weights_hash != frozen.weights_hash  # seeded, and not h's directions
     assert p1.final["weights_finite"] is True and 0 < p1.history[0]["accept_rate"] <= 1
-    with pytest.raises(ValueError, match="frozen-h"):
-        R.placebo.run(arms["gal"], s.data, s.model_fn, False)
     # a run that blows up: its final weights are not finite, and run_arms says so
     blow = {"standard": replace(arms["standard"], optimizer="momentum", lr=1e30)}
     f, _ = harness.run_arms(blow, (0,), s.data, s.model_fn, progress=False)

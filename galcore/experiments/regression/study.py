@@ -18,8 +18,9 @@ harness (:func:`galcore.experiments.harness.run_arms`, comparisons by
 :func:`galcore.experiments.harness.compare`, margins by
 :func:`galcore.experiments.harness.margins.margin_for`). Controls beside GAL: ``gal_frozen``
 (h kept at its random initialisation), ``placebo`` (a random direction per sample per step in
-place of h, :mod:`.placebo`) and, for SGD with momentum, ``lr_scaled`` (the standard arm at
-``lr x (1 - r)``: the gradient-scale change GAL's adjustment could mimic). The words of the
+place of h) and, for SGD with momentum, ``lr_scaled`` (the standard arm at
+``lr x (1 - r)``: the gradient-scale change GAL's adjustment could mimic). The placebo is the
+harness's (:func:`galcore.experiments.harness.placebo.placebo_arm`). The words of the
 conclusion: :mod:`.text`.
 """
 
@@ -38,8 +39,8 @@ from galcore.config import GALConfig
 from galcore.experiments import harness
 from galcore.experiments.harness import Setup, TrainConfig, margins
 from galcore.experiments.harness.models import MLP, SmallCNN
+from galcore.experiments.harness.placebo import placebo_arm
 from galcore.experiments.harness.profile import Profile, choose
-from galcore.experiments.regression import placebo
 from galcore.experiments.regression.data import load
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "H_OPTIMIZER",
     "LR",
     "OPTIMIZERS",
-    "PLACEBO_ARMS",
     "RATIO",
     "RELEASE_ERRORS",
     "RELEASE_RATIOS",
@@ -91,8 +91,6 @@ H_LR = 1e-2
 #: per step in place of h, same norm and acceptance rule) and, for SGD with momentum only,
 #: ``lr_scaled`` (the standard arm at lr x (1 - r))
 ARMS = ("standard", "gal", "gal_frozen", "placebo", "lr_scaled")
-#: arms trained through :func:`.placebo.run` (the others through :func:`harness.run`)
-PLACEBO_ARMS = ("placebo",)
 #: the controls GAL is compared with, in the conclusion's order
 CONTROL_ARMS = ("standard", "placebo", "gal_frozen", "lr_scaled")
 #: (treatment, control, metric) of every comparison. GAL - placebo is the estimand that isolates
@@ -182,10 +180,9 @@ def arms_for(setup: Setup, optimizer: str = "adam", gal: GALConfig | Mapping[str
     """:data:`ARMS` for one optimizer (lr from :data:`LR`; GAL's options ``gal``, default
     :func:`gal_config` with :func:`scale_for` the optimizer): ``standard``; ``gal`` (h trained by
     its own :data:`H_OPTIMIZER` at :data:`H_LR`); ``gal_frozen`` (h kept at its random
-    initialisation, drawn exactly as in ``gal``); ``placebo`` (the frozen-h config, trained by
-    :func:`.placebo.run` with h replaced by seeded noise: run it through :func:`run_task`, which
-    knows :data:`PLACEBO_ARMS`); and for ``momentum`` ``lr_scaled``, the standard arm at
-    ``lr x (1 - r)``."""
+    initialisation, drawn exactly as in ``gal``); ``placebo`` (the harness's placebo of ``gal``:
+    h a seeded random direction per sample per step, nothing trained); and for ``momentum``
+    ``lr_scaled``, the standard arm at ``lr x (1 - r)``."""
     if optimizer not in LR:
         raise ValueError(f"optimizer must be one of {', '.join(LR)}, got {optimizer!r}")
     base = replace(setup.base, optimizer=optimizer, lr=LR[optimizer], gal=None)
@@ -194,8 +191,8 @@ def arms_for(setup: Setup, optimizer: str = "adam", gal: GALConfig | Mapping[str
         "standard": base,
         "gal": replace(base, gal=opts, h_optimizer=H_OPTIMIZER, h_lr=H_LR),
         "gal_frozen": replace(base, gal=opts, frozen_h=True),
-        "placebo": replace(base, gal=opts, frozen_h=True),
     }
+    arms["placebo"] = placebo_arm(arms["gal"])
     if optimizer == "momentum":
         arms["lr_scaled"] = replace(base, lr=base.lr * (1 - opts.ratio))
     return arms
@@ -240,15 +237,8 @@ def run_task(
     dataset = _dataset_of(setup)
     finals, hists = [], []
     for opt in optimizers:
-        arms = arms_for(setup, opt)
-        plain = {k: v for k, v in arms.items() if k not in PLACEBO_ARMS}
-        noise = {k: v for k, v in arms.items() if k in PLACEBO_ARMS}
-        parts = [harness.run_arms(plain, setup.seeds, setup.data, setup.model_fn, cache=cache, progress=progress)]
-        if noise:
-            parts.append(harness.run_arms(noise, setup.seeds, setup.data, setup.model_fn, cache=cache,
-                                          progress=progress, runner=placebo.run))
-        f = pd.concat([p[0] for p in parts], ignore_index=True)
-        h = pd.concat([p[1] for p in parts], ignore_index=True)
+        f, h = harness.run_arms(arms_for(setup, opt), setup.seeds, setup.data, setup.model_fn, cache=cache,
+                                progress=progress)
         for df in (f, h):
             df.insert(0, "optimizer", opt)
             df.insert(0, "outputs", setup.data.num_outputs)
