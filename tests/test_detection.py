@@ -13,7 +13,8 @@ import pytest
 
 from galcore.experiments import detection
 from galcore.experiments.detection.shapes import ShapesConfig, shapes_detection
-from galcore.experiments.harness.stats import VERDICTS
+from galcore.experiments.harness import COMPARE_COLUMNS, compare
+from galcore.experiments.harness.stats import VERDICTS, holm
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,37 @@ def test_verdict_table_reports_power_and_verdicts_per_metric() -> None:
     assert close.verdict.tolist() == ["equivalent"]
     same = detection.verdict_table(_finals([0.0] * 5, same_weights=True), {"map50": 0.01})
     assert same.verdict.tolist() == ["identical"]
+
+
+def test_verdict_table_is_one_holm_family_in_map_units() -> None:
+    finals = _finals([0.02, -0.004, 0.012, 0.001, 0.015])
+    margins = {"map50": 0.01, "map50_95": 0.02}
+    t = detection.verdict_table(finals, margins)
+    assert list(t.columns) == ["arch", *COMPARE_COLUMNS] and list(t.metric) == list(margins)
+    assert np.allclose(t.p_holm, holm(t.p_value)) and (t.p_holm >= t.p_value).all()
+    for row in t.itertuples():  # scaled back: the numbers of a direct compare of the metric at its margin
+        d = compare(finals, row.metric, margin=margins[row.metric], lower_is_better=False, by=["arch"]).iloc[0]
+        for col in ("mean_diff", "low", "high", "tost_bound", "mde", "margin", "p_value", "seeds_needed", "effect"):
+            assert getattr(row, col) == pytest.approx(d[col], rel=1e-9), col
+    with pytest.raises(ValueError, match="effect"):
+        detection.verdict_table(finals, margins, effect={"map50": 0.05})
+    with pytest.raises(ValueError, match="not columns"):
+        detection.verdict_table(finals, {"map75": 0.01})
+    with pytest.raises(ValueError, match="> 0"):
+        detection.verdict_table(finals, {"map50": 0.0})
+
+
+def test_pilot_text_and_verdict_lines_follow_the_table() -> None:
+    noisy_f = _finals([0.1, -0.1, 0.08, -0.09, 0.0])
+    noisy = detection.verdict_table(noisy_f, {"map50": 0.01})
+    assert detection.is_pilot(noisy)
+    text = detection.pilot_text(noisy, "default")
+    assert "A pilot" in text and f"{noisy.mde.iloc[0]:.3g}" in text and f"{noisy.seeds_needed.iloc[0]:.3g}" in text
+    close = detection.verdict_table(_finals([0.001, -0.001, 0.0005, -0.0005, 0.0]), {"map50": 0.01})
+    assert not detection.is_pilot(close) and "Powered for the margin" in detection.pilot_text(close, "default")
+    lines = detection.verdict_lines(noisy, noisy_f, target=0.5, epochs=3)
+    assert "reaches the 0.5" in lines[0] and "**inconclusive**" in lines[1] and noisy.reason.iloc[0] in lines[1]
+    assert f"{noisy.p_holm.iloc[0]:.3g}" in lines[1]
 
 
 def test_finals_frame_reads_gal_records() -> None:

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from galcore import GAL
 from galcore.experiments import harness
 from galcore.experiments import regression as R
-from galcore.experiments.harness import stats
+from galcore.experiments.harness import margins, stats
 from galcore.experiments.harness.data import digits_arrays
+from galcore.experiments.harness.placebo import is_placebo
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -125,12 +126,16 @@ def test_rotated_digits_labels_are_the_applied_angles() -> None:
 def test_default_setup_and_arms() -> None:
     for ds, c in (("rotated_digits", 2), ("diabetes", 1)):
         s = R.default_setup("default", ds)
-        assert len(s.seeds) >= 10 and s.base.select == "val_loss" and s.data.num_outputs == c
+        assert len(s.seeds) >= 7 and s.base.select == "val_loss" and s.data.num_outputs == c
         assert s.model_fn()(s.data.x_train[:3]).shape == (3, c)
     s = R.default_setup("smoke", "rotated_digits")
     for opt in R.OPTIMIZERS:
         arms = R.arms_for(s, opt)
-        assert tuple(arms) == R.ARMS
+        assert tuple(arms) == tuple(a for a in R.ARMS if opt == "momentum" or a != "lr_scaled")
+        assert is_placebo(arms["placebo"]) and arms["placebo"].gal == arms["gal"].gal
+        assert not is_placebo(arms["gal_frozen"]) and arms["placebo"].h_optimizer is None
+        if opt == "momentum":  # the standard arm at lr x (1 - r)
+            assert arms["lr_scaled"].gal is None and arms["lr_scaled"].lr == pytest.approx(R.LR[opt] * (1 - R.RATIO))
         assert arms["standard"].gal is None and arms["standard"].lr == arms["gal"].lr == R.LR[opt]
         assert arms["gal"].h_optimizer == R.H_OPTIMIZER and arms["gal"].h_lr == R.H_LR and not arms["gal"].frozen_h
         assert arms["gal_frozen"].frozen_h and arms["gal_frozen"].gal == arms["gal"].gal
@@ -183,7 +188,8 @@ def test_run_task_one_output_learned_and_frozen_h_are_identical(tmp_path, monkey
     s = R.default_setup("smoke", "diabetes")
     s = replace(s, base=replace(s.base, epochs=2), seeds=(0, 1, 2))
     finals, hists = R.run_task(s, ("adam",), progress=False)
-    assert len(finals) == 9 and set(finals["arm"]) == set(R.ARMS)
+    assert len(finals) == 12 and set(finals["arm"]) == set(R.ARMS) - {"lr_scaled"}
+    assert finals["weights_finite"].map(type).eq(bool).all() and finals["weights_finite"].all()
     assert (finals["outputs"] == 1).all() and (finals["dataset"] == "diabetes").all()
     assert set(finals["best_epoch"]) <= {1, 2}
     gal = finals[finals["arm"] != "standard"]
@@ -193,11 +199,33 @@ def test_run_task_one_output_learned_and_frozen_h_are_identical(tmp_path, monkey
     table = R.compare_task(finals)
     frozen = table[(table["setting"] == "gal vs gal_frozen") & (table["metric"] == "test_rmse")]
     assert list(frozen["verdict"]) == ["identical"]  # h never changes with one output
+    # ... so against standard gal_frozen repeats gal: reported once, and nothing with one output counts
+    rep = table[(table["setting"] == "gal_frozen vs standard") & (table["metric"] == "test_rmse")]
+    assert list(rep["same_as"]) == ["gal"] and not table["counted"].any()
+    # the placebo is its own computation (random directions, not h's)
+    plc = finals[finals["arm"] == "placebo"].set_index("seed")["weights_hash"]
+    assert not (plc == finals[finals["arm"] == "gal_frozen"].set_index("seed")["weights_hash"]).any()
     assert set(table["verdict"]) <= set(stats.VERDICTS)
+    text = R.conclusion(table)
+    assert "shown, not counted" in text and "reported once" in text
     # cached: the second call reads the same runs back
     again, _ = R.run_task(s, ("adam",), progress=False)
     pd.testing.assert_series_equal(again["test_rmse"], finals["test_rmse"])
     assert list(R.summary_table(table).columns) == R.SUMMARY
+
+
+def test_placebo_arm_runs_random_directions_not_h() -> None:
+    s = R.default_setup("smoke", "diabetes")
+    arms = R.arms_for(replace(s, base=replace(s.base, epochs=1)), "adam")
+    p1 = harness.run(arms["placebo"], s.data, s.model_fn)
+    p2 = harness.run(arms["placebo"], s.data, s.model_fn)
+    frozen = harness.run(arms["gal_frozen"], s.data, s.model_fn)
+    assert p1.weights_hash == p2.weights_hash != frozen.weights_hash  # seeded, and not h's directions
+    assert p1.final["weights_finite"] is True and 0 < p1.history[0]["accept_rate"] <= 1
+    # a run that blows up: its final weights are not finite, and run_arms says so
+    blow = {"standard": replace(arms["standard"], optimizer="momentum", lr=1e30)}
+    f, _ = harness.run_arms(blow, (0,), s.data, s.model_fn, progress=False)
+    assert f["weights_finite"].tolist() == [False]
 
 
 def test_remainder_ratio_over_the_last_epochs() -> None:
@@ -216,14 +244,33 @@ def test_remainder_ratio_over_the_last_epochs() -> None:
 
 
 # -- margins and verdicts ---------------------------------------------------------------------
-def test_margin_is_the_smallest_cifar_gain() -> None:
-    gains = {k: (s - g) / s for k, (s, g) in R.RELEASE_ERRORS.items()}
-    cifar = [v for (d, _), v in gains.items() if d.startswith("CIFAR")]
-    assert R.margin_fraction() == pytest.approx(min(cifar))
-    assert R.margin_fraction("ImageNet") == pytest.approx(min(v for (d, _), v in gains.items() if d == "ImageNet"))
-    assert R.margin_fraction() > R.margin_fraction("ImageNet")
-    with pytest.raises(ValueError, match="release"):
-        R.margin_fraction("MNIST")
+def test_margins_come_from_the_harness_rule() -> None:
+    t = R.compare_task(_synthetic_finals(shift=-0.02, noise=1e-3))
+    for _, row in t[t["metric"] == "test_rmse"].iterrows():
+        assert row["margin"] == pytest.approx(margins.ERROR_GAIN_RELATIVE * row["mean_control"])
+    assert np.allclose(t.loc[t["metric"] == "remainder_ratio", "margin"], R.remainder_margin())
+    with pytest.raises(ValueError, match="ratio"):
+        R.remainder_margin(0.0)
+
+
+def test_compare_task_scaling_matches_direct_compare_and_holm_is_per_dataset() -> None:
+    """compare_task runs one harness.compare per metric on RMSE relative to the control's mean:
+    the columns in RMSE units equal a direct compare of each (control, arms) group, and the
+    Holm family is every test of the dataset and metric."""
+    finals = pd.concat([_synthetic_finals(-0.01, 5e-3), _synthetic_finals(0.0, 5e-3).assign(optimizer="momentum")])
+    t = R.compare_task(finals)
+    rm = t[t["metric"] == "test_rmse"]
+    for (opt, control), g in rm.groupby(["optimizer", "control"]):
+        sub = finals[(finals["optimizer"] == opt) & finals["arm"].isin([control, *g["arm"]])]
+        ctl = sub[sub["arm"] == control]
+        d = harness.compare(sub, "test_rmse", control=control, margin=float(margins.margin_for("test_rmse", ctl)),
+                            lower_is_better=True).set_index("arm")
+        for _, row in g.iterrows():
+            for col in ("mean_diff", "low", "high", "tost_bound", "mde", "margin", "p_value", "seeds_needed"):
+                assert row[col] == pytest.approx(d.loc[row["arm"], col], rel=1e-9), col
+    fam = rm[rm["same_as"] == ""]
+    assert np.allclose(np.sort(fam["p_holm"]), np.sort(stats.holm(fam["p_value"])))
+    assert (t["counted"] == (t["same_as"] == "")).all()  # two outputs: every computation counts once
 
 
 def _synthetic_finals(shift: float, noise: float, n: int = 12) -> pd.DataFrame:
@@ -231,7 +278,7 @@ def _synthetic_finals(shift: float, noise: float, n: int = 12) -> pd.DataFrame:
     rows = []
     for seed in range(n):
         base = 0.2 + 0.01 * rng.standard_normal()
-        for arm, d in (("standard", 0.0), ("gal", shift), ("gal_frozen", 0.0)):
+        for arm, d in (("standard", 0.0), ("gal", shift), ("gal_frozen", 0.0), ("placebo", 0.0)):
             rows.append({"dataset": "toy", "outputs": 2, "optimizer": "adam", "arm": arm, "seed": seed,
                          "test_rmse": base + d + noise * rng.standard_normal(),
                          "remainder_ratio": np.nan if arm == "standard" else 1.0 - (0.05 if arm == "gal" else 0.0)
@@ -243,7 +290,8 @@ def test_compare_task_margins_and_verdicts() -> None:
     t = R.compare_task(_synthetic_finals(shift=-0.02, noise=1e-3)).set_index(["setting", "metric"])
     row = t.loc[("gal vs standard", "test_rmse")]
     assert row["verdict"] == "better"
-    assert row["margin"] == pytest.approx(R.margin_fraction() * row["mean_control"])
+    assert row["margin"] == pytest.approx(margins.ERROR_GAIN_RELATIVE * row["mean_control"])
+    assert t.loc[("gal vs placebo", "test_rmse"), "verdict"] == "better"
     assert row["mde"] < row["margin"]
     assert t.loc[("gal_frozen vs standard", "test_rmse"), "verdict"] == "equivalent"
     mech = t.loc[("gal vs gal_frozen", "remainder_ratio")]
@@ -262,7 +310,8 @@ def test_conclusion_reports_each_verdict_and_number() -> None:
     for _, row in table.iterrows():
         assert row["verdict"] in text
     gs = table[(table["setting"] == "gal vs standard") & (table["metric"] == "test_rmse")].iloc[0]
-    assert f"{gs['mde']:.3g}" in text and f"{gs['mean_diff']:+.4f}" in text
+    assert f"{gs['mde']:.3g}" in text and f"{gs['mean_diff']:+.3g}" in text and f"{gs['p_holm']:.3g}" in text
+    assert "GAL vs placebo" in text and "Holm" in text
     assert "1.25e-05" in text and "3.75e-01" in text
     other = R.conclusion(R.compare_task(_synthetic_finals(shift=+0.02, noise=1e-3)))
     assert other != R.conclusion(table)

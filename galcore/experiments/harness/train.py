@@ -324,6 +324,9 @@ def fit(
     final["mean_epoch_time"] = sum(h["epoch_time"] for h in history) / len(history)
     if hook is not None:
         hook.end_run(final)
+    # one host sync per run, after training: whether every final weight and buffer is finite
+    final["weights_finite"] = all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+                                  if isinstance(t, Tensor) and t.is_floating_point())
     return RunResult(cfg.to_dict(), history, final, seconds, probe_rows, state_hash(model), cpu)
 
 
@@ -354,7 +357,8 @@ def run_arms(
     """Run every arm for every seed (the seed overrides each config's), seed-major.
 
     Returns ``(finals, histories)``: one row per (arm, seed) with ``arm``, ``seed``, the final
-    metrics, ``seconds``, ``cpu_seconds``, ``weights_hash`` (and ``accept_rate_mean``, the
+    metrics, ``seconds``, ``cpu_seconds``, ``weights_hash``, ``weights_finite`` (every final
+    weight finite) (and ``accept_rate_mean``, the
     epochs' mean, for GAL arms); and one row per (arm, seed, epoch). ``progress`` shows runs
     done / total, the current arm and seed, elapsed and remaining
     (:mod:`galcore.experiments.harness.progress`). The one extension point: ``runner(cfg, data,
@@ -376,6 +380,9 @@ def run_arms(
             res = run(cfg, data, model_fn, cache=cache) if runner is None else runner(cfg, data, model_fn, cache)
             row = {"arm": name, "seed": seed, **res.final, "seconds": res.seconds, "cpu_seconds": res.cpu_seconds,
                    "weights_hash": res.weights_hash}
+            # all final weights finite (from the loop; a runner's result without it: a finite test loss)
+            row["weights_finite"] = bool(res.final.get("weights_finite",
+                                                       np.isfinite(res.final.get("test_loss", np.nan))))
             if res.history and "accept_rate" in res.history[0]:
                 row["accept_rate_mean"] = float(np.mean([h["accept_rate"] for h in res.history]))
             finals.append(row)
