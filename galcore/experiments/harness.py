@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from galcore import __version__
-from galcore.experiments import stats
+from galcore.experiments import controls, stats
 from galcore.experiments.optim import OPTIMIZERS, current_lr, make_optimizer
 from galcore.experiments.progress import progress as progress_bar
 from galcore.experiments.results import results_dir
@@ -339,11 +339,11 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # galcore/
 
 def code_files() -> list[Path]:
     """The sources whose text decides a training run, hashed into every cache key: the core
-    (``galcore/*.py``, ``galcore/integrations/*.py``), this harness and ``optim.py``. Plotting,
+    (``galcore/*.py``, ``galcore/integrations/*.py``), this harness, ``optim.py`` and ``controls.py``. Plotting,
     reporting and notebook modules are not among them."""
     here = Path(__file__).resolve().parent
     core = sorted(_PACKAGE.glob("*.py")) + sorted((_PACKAGE / "integrations").glob("*.py"))
-    return core + [here / "harness.py", here / "optim.py"]
+    return core + [here / "harness.py", here / "optim.py", here / "controls.py"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -497,6 +497,9 @@ def build_gal(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torc
     frozen = bool(kwargs.pop("frozen_h", False)) or cfg.frozen_h
     kwargs.pop("h_seed", None)
     kwargs["seed"] = _h_seed(cfg, cfg.gal)
+    h = controls.pop_h(kwargs, kwargs["seed"])  # the placebo control: seeded noise instead of h
+    if h is not None:
+        kwargs["h"] = h
     gal: GAL | ParamGAL = ParamGAL(model, **kwargs) if cfg.space == "parameter" else GAL(num_outputs, **kwargs)
     if frozen:  # the control: a random h that is never trained
         gal.h.requires_grad_(False)

@@ -100,6 +100,9 @@ def _flat(ts: Sequence[Tensor]) -> Tensor:
 
 
 def _drift(now: Sequence[Tensor], start: Sequence[Tensor]) -> float:
+    """``||now - start|| / ||start||`` over all tensors; NaN when there are none (no h weights)."""
+    if not start:
+        return float("nan")
     a, b = _flat(now), _flat(start)
     return float((a - b).norm() / b.norm())
 
@@ -180,8 +183,9 @@ class Tracer(harness.StepHook):
         jc = _flat([p.grad for p in self.params])
         jg_flat = _flat(jg)
         ep.add_vectors(jc - jg_flat, jg_flat)
-        with torch.no_grad():
-            ep.rows["h_cosine"].append(pairwise_cosine(gal.h(out.detach().to(next(gal.h.parameters()).dtype))))
+        if self.h_params:  # a parameter-free h (the placebo's noise) is not called again: its stream would move
+            with torch.no_grad():
+                ep.rows["h_cosine"].append(pairwise_cosine(gal.h(out.detach().to(self.h_params[0].dtype))))
         self.g = g
         return rec
 
@@ -190,7 +194,7 @@ class Tracer(harness.StepHook):
             with torch.no_grad():
                 self.ep.rows["output_gain"].append(float((model(xb) - out.detach()).norm() / (lr * self.g.norm())))
             if self.step == 0:
-                self.first = {"pert_ratio_init": self.ep.rows["pert_ratio"][0], "h_cosine_init": self.ep.rows["h_cosine"][0]}
+                self.first = {"pert_ratio_init": self.ep.rows["pert_ratio"][0], "h_cosine_init": (self.ep.rows["h_cosine"] or [float("nan")])[0]}
         self.step += 1
 
     def end_epoch(self, row: dict[str, float], records: list[Any]) -> None:
