@@ -14,7 +14,7 @@ with the release's settings (ratio 1e-3 for 10 classes and 1e-2 for 100, scale 1
 (momentum 0.9)):
 
 - ``standard``: ``zero_grad``, forward, ``cross_entropy``, ``loss.backward()``, SGD step.
-- ``release``: the public release's step (:class:`galcore.experiments.bench.ReleaseRunner`):
+- ``release``: the public release's step (:class:`galcore.experiments.harness.bench.ReleaseRunner`):
   float32, its NumPy host round trip, three backward calls.
 - ``gal``: ``gal.backward(out, loss_fn, lr)`` (the eager step, GAL's arithmetic in float64, the
   default).
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import galcore
-from galcore.experiments.bench import (
+from galcore.experiments.harness.bench import (
     CLOCKS,
     ReferenceRunner,
     ReleaseRunner,
@@ -72,7 +72,7 @@ from galcore.experiments.bench import (
     step_peak_bytes,
     time_steps,
 )  # fmt: skip
-from galcore.experiments.results import results_dir
+from galcore.experiments.harness.results import results_dir
 
 #: gal_compiled / standard targets on 2 CPU cores (the eager step's target: no slower than the release)
 TARGETS = {"mlp": 1.8, "cnn": 1.25, "resnet18": 1.03}

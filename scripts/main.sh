@@ -9,4 +9,4 @@ py="$(bash "$root/scripts/setup.sh" | tail -n 1)"
 cd "$root"
 export GALCORE_PROFILE="${GALCORE_PROFILE:-default}"
 unset MPLBACKEND  # the kernels use the inline backend: figures land in the executed notebooks
-exec "$py" -m galcore.experiments.notebook_runner --profile "$GALCORE_PROFILE" "$@"
+exec "$py" -m galcore.experiments.main.runner --profile "$GALCORE_PROFILE" "$@"

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from galcore.experiments import ablation as A
-from galcore.experiments import harness
-from galcore.experiments.models import MLP
+from galcore.experiments.ablations import study as A
+from galcore.experiments.harness import core as harness
+from galcore.experiments.harness.models import MLP
 
 
 @pytest.fixture(scope="module")

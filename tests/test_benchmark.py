@@ -79,7 +79,7 @@ def test_release_step_equals_the_reference_step() -> None:
     import torch.nn.functional as F
 
     import galcore
-    from galcore.experiments.bench import ReferenceRunner, ReleaseRunner
+    from galcore.experiments.harness.bench import ReferenceRunner, ReleaseRunner
 
     torch.manual_seed(0)
     model, h = torch.nn.Linear(6, 10), galcore.make_adjuster(10, (100, 32, 16))

@@ -1,4 +1,4 @@
-"""galcore.experiments.classification (notebook 02's benchmarks, arms, verdict tables), the
+"""galcore.experiments.classification.study (notebook 02's benchmarks, arms, verdict tables), the
 MNIST-1D paper's models and baseline, and the paper-scale paths (CIFAR loader, fake data)."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-import galcore.experiments.classification as clf
-from galcore.experiments import stats
-from galcore.experiments.fullscale import (
+import galcore.experiments.classification.study as clf
+from galcore.experiments.classification.fullscale import (
     DeviceAugment,
     LoaderData,
     benchmark_step,
@@ -22,8 +21,9 @@ from galcore.experiments.fullscale import (
     efficientnet_b1_factory,
     fake_cifar,
 )
-from galcore.experiments.harness import Data, Setup, cache_dir, run, state_hash
-from galcore.experiments.mnist1d_models import BASELINE_ACCURACY, MNIST1DCNN, MNIST1DMLP
+from galcore.experiments.classification.mnist1d_models import BASELINE_ACCURACY, MNIST1DCNN, MNIST1DMLP
+from galcore.experiments.harness import stats
+from galcore.experiments.harness.core import Data, Setup, cache_dir, run, state_hash
 
 
 @pytest.fixture(autouse=True)
@@ -232,7 +232,7 @@ def test_mnist1d_mlp_reproduces_the_paper_baseline():
 
 # -- the release's ImageNet recipe (full profile), end to end on fake images -------------------------
 def test_rmsprop_tf_matches_tensorflow_form():
-    from galcore.experiments.imagenet_recipe import RMSpropTF
+    from galcore.experiments.classification.imagenet_recipe import RMSpropTF
 
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     opt = RMSpropTF([p], lr=0.1, alpha=0.9, eps=1e-3, momentum=0.9, weight_decay=0.01)
@@ -252,8 +252,12 @@ def test_rmsprop_tf_matches_tensorflow_form():
 
 
 def test_recipe_settings_groups_and_schedule():
-    from galcore.experiments.imagenet_recipe import (
-        ImageNetRecipe, RMSpropTF, gpu_hours, release_lr_factor, release_param_groups,
+    from galcore.experiments.classification.imagenet_recipe import (
+        ImageNetRecipe,
+        RMSpropTF,
+        gpu_hours,
+        release_lr_factor,
+        release_param_groups,
     )
 
     r = ImageNetRecipe()
@@ -296,7 +300,7 @@ def test_recipe_settings_groups_and_schedule():
 def test_imagenet_recipe_end_to_end_on_fake_images(tmp_path):
     """EfficientNet-B2 from scratch, RMSpropTF with h's own groups, schedule, EMA, GAL
     surrogate (AMP is CUDA-only): two tiny epochs per arm on a CPU, then the cache."""
-    from galcore.experiments.imagenet_recipe import (
+    from galcore.experiments.classification.imagenet_recipe import (
         efficientnet_b2_factory,
         fake_imagenet,
         imagenet_data,
@@ -330,7 +334,7 @@ def test_imagenet_recipe_end_to_end_on_fake_images(tmp_path):
 
 
 def test_recipe_step_benchmark_runs_on_cpu():
-    from galcore.experiments.imagenet_recipe import benchmark_recipe_step, small_recipe
+    from galcore.experiments.classification.imagenet_recipe import benchmark_recipe_step, small_recipe
 
     res = benchmark_recipe_step(small_recipe(), gal=True, num_classes=10, batch_size=2, steps=1, warmup=1, device="cpu",
                                 model_fn=lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)))
@@ -371,7 +375,7 @@ def test_loader_path_fairness():
     data = fake_cifar(n_train=12, n_test=6, num_classes=10, size=16, flip=True)
     b = _cifar_bench(data, batch_size=4, epochs=2, milestones=(1,), seeds=(3,))
     b = replace(b, setup=replace(b.setup, model_fn=lambda: _tiny_cnn(10), base=replace(b.setup.base, model="tinycnn")))
-    from galcore.experiments.fullscale import run_loader_arms
+    from galcore.experiments.classification.fullscale import run_loader_arms
 
     arms = clf.arms_for(b, "SGD+momentum")
     arms["gal"] = replace(arms["gal"], gal={**arms["gal"].gal, "ratio": 0.0, "compute_dtype": None})
@@ -427,7 +431,7 @@ def test_benchmark_step_runs_on_cpu():
 
 
 def test_loader_data_name_must_match_config():
-    from galcore.experiments.fullscale import train_loader_run
+    from galcore.experiments.classification.fullscale import train_loader_run
 
     data = fake_cifar(n_train=4, n_test=2, size=16)
     s = clf.full_setup(data=data, pretrained=False, batch_size=4, epochs=1, device="cpu")

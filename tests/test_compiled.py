@@ -183,7 +183,7 @@ def test_frozen_h_still_adjusts(compiled: bool) -> None:
 def test_param_gal_compiled_matches_eager() -> None:
     """ParamGAL (the 3D toy's parameter-space GAL) takes the same compiled path."""
     from galcore import ParamGAL
-    from galcore.experiments.surface import surface
+    from galcore.experiments.theory.surface import surface
 
     def trajectory(compiled: bool) -> torch.Tensor:
         torch.manual_seed(3)

@@ -1,4 +1,4 @@
-"""galcore.experiments.controls: the placebo (seeded noise instead of h), zero (ratio 0 through
+"""galcore.experiments.harness.controls: the placebo (seeded noise instead of h), zero (ratio 0 through
 GAL) and frozen-h control arms, and the merging of arms that are the same computation."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from galcore import GAL
-from galcore.experiments import controls
-from galcore.experiments.harness import Data, TrainConfig, build_gal, run, run_arms
+from galcore.experiments.harness import controls
+from galcore.experiments.harness.core import Data, TrainConfig, build_gal, run, run_arms
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +104,7 @@ def test_control_runs_are_fair_reproducible_and_merged_when_identical():
 
 
 def test_placebo_runs_traced_with_the_same_steps():
-    from galcore.experiments import mechanism
+    from galcore.experiments.ablations import mechanism
 
     p = controls.placebo(GAL_CFG)
     model = lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))  # the tracer re-runs the model: no dropout

@@ -1,4 +1,4 @@
-"""The detection experiment's bookkeeping (galcore.experiments.detection) without training:
+"""The detection experiment's bookkeeping (galcore.experiments.detection.study) without training:
 cache keys, the run cache, the settings check, the tables."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from galcore.experiments import detection
-from galcore.experiments.data.shapes_detection import ShapesConfig, shapes_detection
-from galcore.experiments.stats import VERDICTS
+from galcore.experiments.detection import study as detection
+from galcore.experiments.detection.shapes import ShapesConfig, shapes_detection
+from galcore.experiments.harness.stats import VERDICTS
 
 
 @pytest.fixture(scope="module")

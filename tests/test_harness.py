@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from galcore import GAL
-from galcore.experiments import harness as H
-from galcore.experiments.harness import Data, TrainConfig, compare, run, run_arms
-from galcore.experiments.models import MLP
-from galcore.experiments.stats import VERDICTS
+from galcore.experiments.harness import core as H
+from galcore.experiments.harness.core import Data, TrainConfig, compare, run, run_arms
+from galcore.experiments.harness.models import MLP
+from galcore.experiments.harness.stats import VERDICTS
 
 
 def _data(seed: int = 0, n: int = 96, d: int = 16, val: bool = False) -> Data:
@@ -77,9 +77,9 @@ def test_cache_key_covers_config_data_model_and_training_code(results: Path, tmp
     torch.manual_seed(1)
     assert H.cache_key(BASE, data, MLP(16, 4, hidden=(8,))) != key  # other initial weights
     # the training code: the core, the harness and optim; not plots, reports or notebook modules
-    names = {p.relative_to(Path(H.__file__).parents[2]).as_posix() for p in H.code_files()}
-    assert {"galcore/gal.py", "galcore/config.py", "galcore/experiments/harness.py", "galcore/experiments/optim.py"} <= names
-    assert not names & {"galcore/experiments/plots.py", "galcore/experiments/report.py", "galcore/experiments/results.py"}
+    names = {p.relative_to(Path(H.__file__).parents[3]).as_posix() for p in H.code_files()}
+    assert {"galcore/gal.py", "galcore/config.py", "galcore/experiments/harness/core.py", "galcore/experiments/harness/optim.py"} <= names
+    assert not names & {"galcore/experiments/harness/plots.py", "galcore/experiments/main/report.py", "galcore/experiments/harness/results.py"}
     # editing a hashed file changes the key; the model's class source is hashed too
     source = tmp_path / "decides_training.py"
     source.write_text("x = 1\n")

@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from galcore.experiments import harness, mechanism
-from galcore.experiments.datasets import digits
-from galcore.experiments.harness import TrainConfig
-from galcore.experiments.models import MLP
+from galcore.experiments.ablations import mechanism
+from galcore.experiments.harness import core as harness
+from galcore.experiments.harness.core import TrainConfig
+from galcore.experiments.harness.data import digits
+from galcore.experiments.harness.models import MLP
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_h_gradient_bound_holds_and_orders_the_forms():
     """The derived bound on h's gradient is above the measured gradient on every measured step,
     for both first-order forms and for h in the model's SGD or its own Adam; the mean form's
     bound is first order in lr (far above the sum form's)."""
-    from galcore.experiments.harness import Data, TrainConfig
+    from galcore.experiments.harness.core import Data
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 6, generator=g)

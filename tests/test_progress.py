@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from galcore.experiments import progress as P
-from galcore.experiments.profile import use_profile
+from galcore.experiments.harness import progress as P
+from galcore.experiments.harness.profile import use_profile
 
 
 def test_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +69,7 @@ def test_off_mode_is_silent_but_usable(monkeypatch: pytest.MonkeyPatch, capsys: 
 def test_show_saves_the_png_and_closes_the_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.pyplot as plt
 
-    from galcore.experiments.plots import show
+    from galcore.experiments.harness.plots import show
 
     monkeypatch.setenv("GALCORE_RESULTS", str(tmp_path))
     fig, ax = plt.subplots()

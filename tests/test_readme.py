@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from galcore.experiments.report import BEGIN, END, render_summary
+from galcore.experiments.main.report import BEGIN, END, render_summary
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"(<!-- no-test -->\s*)?```python\n(.*?)```", re.DOTALL)

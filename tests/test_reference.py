@@ -116,7 +116,7 @@ def test_reference_remainder_on_a_quadratic_is_exact() -> None:
 @pytest.mark.parametrize("first_order", ["sum", "mean"])
 def test_param_gal_equals_the_reference_on_the_release_toy(first_order: str) -> None:
     """ParamGAL on a parameter vector: "mean" averages <delta, g> over the vector's elements."""
-    from galcore.experiments.surface import surface
+    from galcore.experiments.theory.surface import surface
 
     torch.manual_seed(3)
     w = nn.Parameter(torch.tensor([0.75, 1.0], dtype=torch.float64))

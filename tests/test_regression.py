@@ -1,4 +1,4 @@
-"""galcore.experiments.regression: data and splits, rotation labels, what h receives with one and
+"""galcore.experiments.regression.study: data and splits, rotation labels, what h receives with one and
 two outputs, the arms, the margin, the verdicts (fast, CPU)."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from galcore import GAL
-from galcore.experiments import harness, stats
-from galcore.experiments import regression as R
-from galcore.experiments.datasets import digits_arrays
+from galcore.experiments.harness import core as harness
+from galcore.experiments.harness import stats
+from galcore.experiments.harness.data import digits_arrays
+from galcore.experiments.regression import study as R
 
 
 # -- data -------------------------------------------------------------------------------------

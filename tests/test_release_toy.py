@@ -33,7 +33,7 @@ import torch
 import torch_optimizer
 from torch import Tensor, nn
 
-from galcore.experiments.surface import release_toy_h, run_toy
+from galcore.experiments.theory.surface import release_toy_h, run_toy
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -9,8 +9,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from galcore.experiments import notebook_runner
-from galcore.experiments.report import (
+from galcore.experiments.main import runner as notebook_runner
+from galcore.experiments.main.report import (
     BEGIN,
     END,
     PACKAGES,
@@ -32,7 +32,7 @@ def _notebook(path: Path, cells: list[tuple[str, str]]) -> None:
 FIGURE_CELLS = [
     ("md", "# Figures"),
     ("code", "from IPython.display import Markdown, display\nFINDINGS = display(Markdown('_pending_'), display_id=True)"),
-    ("code", ("import os, matplotlib, matplotlib.pyplot as plt\nfrom galcore.experiments.plots import show\n"
+    ("code", ("import os, matplotlib, matplotlib.pyplot as plt\nfrom galcore.experiments.harness.plots import show\n"
               "fig, ax = plt.subplots()\nax.plot([0, 1], [1, 0])\npath = show(fig, 'line', 'tiny')\n"
               "print(matplotlib.get_backend(), os.environ['GALCORE_PROGRESS'], os.environ['OMP_NUM_THREADS'])")),
     ("code", "FINDINGS.update(Markdown('**computed findings**'))"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from galcore.experiments.data.shapes_detection import (
+from galcore.experiments.detection.shapes import (
     CLASSES,
     ShapesConfig,
     generate_shapes_detection,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sstats
 
-from galcore.experiments.stats import VERDICTS, mde, paired_power, seeds_needed, tost, verdict
+from galcore.experiments.harness.stats import VERDICTS, mde, paired_power, seeds_needed, tost, verdict
 
 
 def test_verdict_vocabulary_is_fixed() -> None:

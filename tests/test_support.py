@@ -12,10 +12,10 @@ from torch import nn
 
 import galcore
 from galcore.adjuster import make_adjuster, release_hidden
-from galcore.experiments.harness import Data, TrainConfig, paired_table, run, run_arms
-from galcore.experiments.models import MLP, ResNet8, SmallCNN
-from galcore.experiments.optim import OPTIMIZERS, make_optimizer
-from galcore.experiments.stats import paired_ci
+from galcore.experiments.harness.core import Data, TrainConfig, paired_table, run, run_arms
+from galcore.experiments.harness.models import MLP, ResNet8, SmallCNN
+from galcore.experiments.harness.optim import OPTIMIZERS, make_optimizer
+from galcore.experiments.harness.stats import paired_ci
 
 
 def test_profile_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from galcore.experiments.surface import (
+from galcore.experiments.theory.surface import (
     START,
     TOY_SETTINGS,
     local_minima,
@@ -18,7 +18,7 @@ from galcore.experiments.surface import (
     surface,
     surface_grid,
 )
-from galcore.experiments.toy_taylor import loglog_slope, remainder_vs_step, taylor_grid, taylor_line
+from galcore.experiments.theory.toy_taylor import loglog_slope, remainder_vs_step, taylor_grid, taylor_line
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from galcore.experiments import harness
-from galcore.experiments.toy_classifier import (
+from galcore.experiments.harness import core as harness
+from galcore.experiments.theory.toy_classifier import (
     ARMS,
     ClassifierSetting,
     batch_perturbation,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from galcore.experiments import toy_plots
-from galcore.experiments.surface import run_toy
+from galcore.experiments.theory import toy_plots
+from galcore.experiments.theory.surface import run_toy
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -26,7 +26,7 @@ offline_env()  # before Ultralytics is imported below
 from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 
-from galcore.experiments.data.shapes_detection import ShapesConfig, shapes_detection
+from galcore.experiments.detection.shapes import ShapesConfig, shapes_detection
 from galcore.integrations.ultralytics import GALCriterion, GALDetectionTrainer
 
 DATA = ShapesConfig(n_train=16, n_val=8, imgsz=64, seed=1)
@@ -370,7 +370,7 @@ def test_criterion_passes_through_outside_training() -> None:
 
 def _recording(base: type) -> type:
     """``base`` trainer that records the initial weights' hash and a hash of every training batch."""
-    from galcore.experiments.detection import weights_hash
+    from galcore.experiments.detection.study import weights_hash
 
     class Recording(base):  # type: ignore[misc,valid-type]
         seen: dict[str, Any]
@@ -412,7 +412,7 @@ def test_arms_share_initial_weights_and_data_order(data_yaml: str, tmp_path: Pat
 
 @pytest.mark.slow
 def test_step_probe_measures_without_changing_the_run(data_yaml: str, tmp_path: Path) -> None:
-    from galcore.experiments.detection import StepProbe, train_yolo
+    from galcore.experiments.detection.study import StepProbe, train_yolo
 
     plain = train_yolo("yolov8n", data_yaml, "gal", 0, project=tmp_path, epochs=2, batch=8, gal={"ratio": 0.01},
                        name="plain")
@@ -430,7 +430,7 @@ def test_step_probe_measures_without_changing_the_run(data_yaml: str, tmp_path: 
 
 
 def test_model_yaml_builds_a_narrower_yolo(tmp_path: Path) -> None:
-    from galcore.experiments.detection import model_yaml
+    from galcore.experiments.detection.study import model_yaml
 
     path = model_yaml("yolov8", depth=0.33, width=0.125, folder=tmp_path)
     assert path.parent == tmp_path and path.suffix == ".yaml"

@@ -6,6 +6,6 @@ core (``galcore``); the core never imports this package. Needs the ``experiments
 (``pip install -e ".[experiments]"``).
 """
 
-from galcore.experiments.profile import choose, get_profile, use_profile
+from galcore.experiments.harness.profile import choose, get_profile, use_profile
 
 __all__ = ["choose", "get_profile", "use_profile"]

@@ -1,6 +1,6 @@
 """The main job: execute every notebook in ``notebooks/`` headless, ``--jobs`` at a time, and report.
 
-``python -m galcore.experiments.notebook_runner [--profile default] [--jobs 2] [--only 02 ...]``
+``python -m galcore.experiments.main.runner [--profile default] [--jobs 2] [--only 02 ...]``
 runs each notebook in its own process and kernel (``nbclient``), longest first (the last
 run's times for the profile, else :data:`ESTIMATED_MINUTES`), so that two notebooks share the
 machine's cores to the end. Every kernel gets one thread (``OMP_NUM_THREADS=1``...), the
@@ -13,7 +13,7 @@ exits non-zero at the end.
 Writes under ``results/``: ``notebooks/<name>.ipynb`` (executed copies, outputs included),
 whatever the notebooks save (figures, tables), ``run_log.json`` (per notebook: ok, wall and
 kernel CPU seconds) and ``summary.md`` with ``environment.json``
-(:mod:`galcore.experiments.report`).
+(:mod:`galcore.experiments.main.report`).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _run_in_subprocess(path: Path, out_dir: Path, timeout: int, env: dict[str, s
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="galcore-runner-") as tmp:
         result = Path(tmp) / "outcome.json"
-        cmd = [sys.executable, "-m", "galcore.experiments.notebook_runner", "--execute-one", str(path),
+        cmd = [sys.executable, "-m", "galcore.experiments.main.runner", "--execute-one", str(path),
                "--out", str(out_dir), "--timeout", str(timeout), "--outcome", str(result)]
         proc = subprocess.run(cmd, env=env, check=False)
         if proc.returncode == 0 and result.is_file():
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         args.outcome.write_text(json.dumps(asdict(outcome)))
         return 0
 
-    from galcore.experiments.report import write_summary
-    from galcore.experiments.results import repo_root, results_dir
+    from galcore.experiments.harness.results import repo_root, results_dir
+    from galcore.experiments.main.report import write_summary
 
     root = repo_root() or Path.cwd()
     os.environ["GALCORE_PROFILE"] = args.profile

@@ -1,24 +1,24 @@
 """Image classification with and without GAL (notebook 02): the benchmarks, their optimizers,
 GAL arms and seeds per profile, the comparison table with verdicts, the conclusion text and the
-figures. Training and statistics are :mod:`galcore.experiments.harness`'s (``run_arms``,
-``compare``); paper-scale data goes through :mod:`galcore.experiments.fullscale`.
+figures. Training and statistics are :mod:`galcore.experiments.harness.core`'s (``run_arms``,
+``compare``); paper-scale data goes through :mod:`galcore.experiments.classification.fullscale`.
 
 Benchmarks (:func:`benchmarks`):
 
-- **MNIST-1D** (Greydanus 2020; :func:`galcore.experiments.datasets.mnist1d`, generated
+- **MNIST-1D** (Greydanus 2020; :func:`galcore.experiments.harness.data.mnist1d`, generated
   offline): the paper's 4,000 training signals and a large generated test set (20,000) so that
   test-set sampling noise stays well below release-sized effects; the paper's 1-D CNN
-  (:class:`galcore.experiments.mnist1d_models.MNIST1DCNN`). Batch 100 (the paper's), 30 passes
+  (:class:`galcore.experiments.classification.mnist1d_models.MNIST1DCNN`). Batch 100 (the paper's), 30 passes
   over the training set, lr x0.1 after passes 20 and 25. The training set is presented as
   ``passes`` stacked copies per harness epoch (:func:`stack_passes`; shuffled together), so the
   large test set is evaluated every 5 passes rather than every pass (its evaluation would
   otherwise cost as much as the training).
-- **digits** (scikit-learn's 8 x 8 images, 1,347 / 450): :class:`galcore.experiments.models.SmallCNN`,
+- **digits** (scikit-learn's 8 x 8 images, 1,347 / 450): :class:`galcore.experiments.harness.models.SmallCNN`,
   12 epochs, batch 64, lr x0.1 at epochs 6 and 9: small and fast, the smoke profile's data; the
   release's four optimizers (SGD+momentum, Lookahead(SGD), AdaBound; and Adam) outside smoke.
 - ``full`` adds the release's CIFAR-10/100 setting (EfficientNet-B1, :func:`full_setup`) and,
   when ImageNet is present (``$GALCORE_IMAGENET``), the release's ImageNet recipe
-  (:mod:`galcore.experiments.imagenet_recipe`).
+  (:mod:`galcore.experiments.classification.imagenet_recipe`).
 
 GAL arms per optimizer (at most two): ``gal``, the release's CIFAR-10 setting (ratio 1e-3,
 scale 1, the release's linear h, accept on decrease; h in the model's optimizer), and, for
@@ -28,7 +28,7 @@ it does not move; notebook 05 measures both), as the release's ImageNet recipe g
 ``gal_lr``. Adam (and AdaBound) already adapt h's step inside the model's optimizer, so they run
 ``gal`` only (:data:`ADAPTIVE_ARMS`); so does Lookahead(SGD), on digits, for budget.
 
-Verdicts: :func:`compare_table` calls :func:`galcore.experiments.harness.compare` for test
+Verdicts: :func:`compare_table` calls :func:`galcore.experiments.harness.core.compare` for test
 error (margin :data:`MARGIN_ERROR` = 0.08 points, the release's smallest gain) and test NLL
 (margin :data:`NLL_MARGIN_REL` x the standard arm's mean NLL).
 """
@@ -45,14 +45,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from galcore.experiments import stats
-from galcore.experiments.datasets import digits, mnist1d
-from galcore.experiments.fullscale import LoaderData, cifar_data, efficientnet_b1_factory, run_loader_arms
-from galcore.experiments.harness import Data, Setup, TrainConfig, compare, run_arms
-from galcore.experiments.imagenet_recipe import ImageNetData, ImageNetRecipe, recipe_run
-from galcore.experiments.mnist1d_models import BASELINE_ACCURACY, BASELINE_RECIPE, MNIST1DCNN, MNIST1DMLP
-from galcore.experiments.models import ResNet8, SmallCNN
-from galcore.experiments.profile import Profile, get_profile
+from galcore.experiments.classification.fullscale import (
+    LoaderData,
+    cifar_data,
+    efficientnet_b1_factory,
+    run_loader_arms,
+)
+from galcore.experiments.classification.imagenet_recipe import ImageNetData, ImageNetRecipe, recipe_run
+from galcore.experiments.classification.mnist1d_models import BASELINE_ACCURACY, BASELINE_RECIPE, MNIST1DCNN, MNIST1DMLP
+from galcore.experiments.harness import stats
+from galcore.experiments.harness.core import Data, Setup, TrainConfig, compare, run_arms
+from galcore.experiments.harness.data import digits, mnist1d
+from galcore.experiments.harness.models import ResNet8, SmallCNN
+from galcore.experiments.harness.profile import Profile, get_profile
 
 __all__ = [
     "ADAPTIVE_ARMS",
@@ -289,7 +294,7 @@ def full_setup(
     """The release's CIFAR experiment: EfficientNet-B1, inputs resized to ``input_size``,
     flips, ``batch_size`` 320, 300 epochs, lr x0.1 at 100 and 200, SGD+momentum as the base.
 
-    ``data`` replaces the CIFAR download (e.g. :func:`galcore.experiments.fullscale.fake_cifar`
+    ``data`` replaces the CIFAR download (e.g. :func:`galcore.experiments.classification.fullscale.fake_cifar`
     in tests). Raises ``FileNotFoundError`` with instructions when CIFAR is absent and cannot
     be downloaded."""
     if data is None:
@@ -368,7 +373,7 @@ def paper_benchmarks(**kw: Any) -> list[Benchmark]:
 def run_imagenet(recipe: ImageNetRecipe, data: ImageNetData, *, seeds: Sequence[int] = (0,), cache: bool = True,
                  device: str = "auto", **kw: Any) -> pd.DataFrame:
     """The release's ImageNet recipe, ``standard`` and ``gal`` arms per seed
-    (:func:`galcore.experiments.imagenet_recipe.recipe_run`), as ``finals`` rows (``data``
+    (:func:`galcore.experiments.classification.imagenet_recipe.recipe_run`), as ``finals`` rows (``data``
     "imagenet", ``optimizer`` "RMSpropTF"; test metrics of the EMA model; ``test_top5_error``)."""
     rows = []
     for seed in seeds:
@@ -446,7 +451,7 @@ def arms_for(bench: Benchmark, name: str) -> dict[str, TrainConfig]:
 def run_benchmark(bench: Benchmark, *, cache: bool = True, progress: bool = True,
                   optimizers: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every arm x seed of every optimizer of ``bench`` (harness ``run_arms``; loader data
-    through :func:`galcore.experiments.fullscale.run_loader_arms`). Returns ``(finals,
+    through :func:`galcore.experiments.classification.fullscale.run_loader_arms`). Returns ``(finals,
     histories)`` with ``data`` and ``optimizer`` columns first, and ``passes`` (passes over the
     training set) in the histories."""
     finals, hists = [], []
@@ -473,7 +478,7 @@ def _seeds_needed(sd: float, effect: float) -> float:
 
 def compare_table(finals: pd.DataFrame, *, margin_error: float = MARGIN_ERROR, nll_margin_rel: float = NLL_MARGIN_REL,
                   effect: float = RELEASE_GAINS[0]) -> pd.DataFrame:
-    """:func:`galcore.experiments.harness.compare` per (data, optimizer) for ``test_error``
+    """:func:`galcore.experiments.harness.core.compare` per (data, optimizer) for ``test_error``
     (points; margin ``margin_error``; ``seeds_needed`` at ``effect``) and ``test_loss`` (NLL;
     margin ``nll_margin_rel`` x the standard arm's mean NLL; ``seeds_needed`` at that margin),
     both lower-is-better. Adds ``seeds_needed_large`` (test error: seeds for the release's

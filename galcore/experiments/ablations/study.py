@@ -3,10 +3,10 @@
 One small, fast setup (:func:`setup`: scikit-learn's digits, an MLP 64-64-10, SGD with
 momentum 0.9, lr 0.05 and weight decay 1e-5 as in the release's CIFAR runs) carries every
 study, so many seeds fit a CPU budget. A :class:`Study` is a set of arms
-(:class:`~galcore.experiments.harness.TrainConfig`) with one control; its arms run on the same
+(:class:`~galcore.experiments.harness.core.TrainConfig`) with one control; its arms run on the same
 seeds (paired: same initial weights, batches and h), output-space GAL arms through
-:func:`galcore.experiments.mechanism.trace` (the harness's run plus the measurements of the
-mechanism), parameter-space arms through :func:`galcore.experiments.harness.run_arms`.
+:func:`galcore.experiments.ablations.mechanism.trace` (the harness's run plus the measurements of the
+mechanism), parameter-space arms through :func:`galcore.experiments.harness.core.run_arms`.
 
 Studies (:func:`studies`):
 
@@ -20,10 +20,10 @@ Studies (:func:`studies`):
   at a time around an active base (r = 0.1, h trained by its own Adam).
 - ``space``: output vs parameter space on a model small enough for :class:`galcore.ParamGAL`.
 
-:func:`verdicts` compares arms with :func:`galcore.experiments.harness.compare` on test NLL and
+:func:`verdicts` compares arms with :func:`galcore.experiments.harness.core.compare` on test NLL and
 test error (margins in :data:`MARGIN_ERROR` and :func:`loss_margin`). The rest of the module is
 the notebook's views: tables (``*_view``, :func:`arm_table`), figures (``show_*``, through
-:func:`galcore.experiments.plots.show`), the text of the findings (``*_text``,
+:func:`galcore.experiments.harness.plots.show`), the text of the findings (``*_text``,
 :func:`conclusion`: every number and verdict computed, each reading stated only when the
 numbers support it) and the files (:func:`save_summary`, :func:`save_conclusion`).
 """
@@ -40,11 +40,12 @@ import torch
 
 from galcore.adjuster import release_hidden
 from galcore.config import GALConfig
-from galcore.experiments import harness, mechanism
-from galcore.experiments.datasets import digits
-from galcore.experiments.harness import Data, Setup, TrainConfig
-from galcore.experiments.models import MLP
-from galcore.experiments.profile import Profile, choose, get_profile
+from galcore.experiments.ablations import mechanism
+from galcore.experiments.harness import core as harness
+from galcore.experiments.harness.core import Data, Setup, TrainConfig
+from galcore.experiments.harness.data import digits
+from galcore.experiments.harness.models import MLP
+from galcore.experiments.harness.profile import Profile, choose, get_profile
 
 _GAL_DEFAULTS = GALConfig()
 
@@ -256,8 +257,8 @@ def arm_table(study: Study) -> pd.DataFrame:
 
 def run_study(study: Study, *, cache: bool = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or read from the cache) every arm of ``study`` on its seeds: output-space arms
-    traced (:func:`galcore.experiments.mechanism.trace_arms`), parameter-space arms through
-    :func:`galcore.experiments.harness.run_arms`. Returns ``(finals, histories)``."""
+    traced (:func:`galcore.experiments.ablations.mechanism.trace_arms`), parameter-space arms through
+    :func:`galcore.experiments.harness.core.run_arms`. Returns ``(finals, histories)``."""
     s = study.setup
     traced = {k: v for k, v in study.arms.items() if v.space == "output"}
     plain = {k: v for k, v in study.arms.items() if v.space != "output"}
@@ -292,7 +293,7 @@ def _add_step_counts(finals: pd.DataFrame, hists: pd.DataFrame, steps_per_epoch:
 def verdicts(study: Study, finals: pd.DataFrame, *, margin_loss: float | None = None) -> pd.DataFrame:
     """Each comparison of ``study`` (:meth:`Study.comparisons`) on test NLL (margin
     :func:`loss_margin` of the study's control unless given) and test error (margin
-    :data:`MARGIN_ERROR`): :func:`galcore.experiments.harness.compare`'s rows, with ``study``
+    :data:`MARGIN_ERROR`): :func:`galcore.experiments.harness.core.compare`'s rows, with ``study``
     and ``setting`` (``"treatment vs control"``) columns first."""
     margin_loss = margin_loss if margin_loss is not None else loss_margin(finals, study.control)
     rows = []
@@ -388,7 +389,7 @@ def show_dose(finals: pd.DataFrame, folder: str = OUT) -> Any:
     "batch" dashed when present), the standard method as a grey line. Saved and shown."""
     import matplotlib.pyplot as plt
 
-    from galcore.experiments.plots import show
+    from galcore.experiments.harness.plots import show
 
     f = _with_labels(finals)
     std = f[f["arm"] == "standard"]
@@ -420,7 +421,7 @@ def show_mechanism(finals: pd.DataFrame, hists: pd.DataFrame, folder: str = OUT,
     steps per epoch (frozen h, normalised as ``normalize``)."""
     import matplotlib.pyplot as plt
 
-    from galcore.experiments.plots import show
+    from galcore.experiments.harness.plots import show
 
     f = _with_labels(finals[finals["arm"] != "standard"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -459,7 +460,7 @@ def show_verdicts(verdicts: pd.DataFrame, metric: str, name: str, folder: str = 
     the right). Symmetric-log x axis: diverged seeds make some differences huge."""
     import matplotlib.pyplot as plt
 
-    from galcore.experiments.plots import show
+    from galcore.experiments.harness.plots import show
 
     v = verdicts[verdicts["metric"] == metric]
     controls = list(dict.fromkeys(v["control"]))
@@ -761,7 +762,7 @@ def summary_frame(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], outp
 
 def save_summary(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], folder: str = OUT) -> Any:
     """Write :func:`summary_frame` to ``results/<folder>/summary.csv``; returns the path."""
-    from galcore.experiments.results import save_table
+    from galcore.experiments.harness.results import save_table
 
     return save_table(summary_frame(results), "summary", folder)
 
@@ -789,7 +790,7 @@ def conclusion(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
 
 def save_conclusion(text: str, folder: str = OUT) -> Any:
     """Write ``text`` to ``results/<folder>/conclusion.md``; returns the path."""
-    from galcore.experiments.results import results_dir
+    from galcore.experiments.harness.results import results_dir
 
     path = results_dir(folder) / "conclusion.md"
     path.write_text(text + "\n")

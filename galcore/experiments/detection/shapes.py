@@ -243,7 +243,7 @@ def generate_shapes_detection(
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(config.classes))
     yaml = root / "shapes_detection.yaml"
     yaml.write_text(
-        f"# galcore synthetic shapes detection dataset (galcore.experiments.data.shapes_detection), key {config.key()}\n"
+        f"# galcore synthetic shapes detection dataset (galcore.experiments.detection.shapes), key {config.key()}\n"
         f"path: {final}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
     )
     (root / "meta.json").write_text(
@@ -256,7 +256,7 @@ def _default_data_root() -> Path:
     env = os.environ.get("GALCORE_DATA")
     if env:
         return Path(env)
-    from galcore.experiments.results import repo_root
+    from galcore.experiments.harness.results import repo_root
 
     return (repo_root() or Path.cwd()) / "data"
 

@@ -1,19 +1,19 @@
 """Paper-scale classification (CIFAR-10/100, EfficientNet-B1) through a ``DataLoader``.
 
-:func:`galcore.experiments.harness.run` keeps a whole dataset on the device, which suits the embedded
+:func:`galcore.experiments.harness.core.run` keeps a whole dataset on the device, which suits the embedded
 data. CIFAR at the release's input size does not fit that way (50,000 images resized to
 224 x 224 are 30 GB), so this module trains from a :class:`torch.utils.data.Dataset` instead,
-with the same rules as :mod:`galcore.experiments.harness`:
+with the same rules as :mod:`galcore.experiments.harness.core`:
 
 - the model is built right after ``torch.manual_seed(cfg.seed)`` (same initial weights in every
-  arm), h inside a forked RNG (:func:`galcore.experiments.harness.build_gal`), so dropout and
+  arm), h inside a forked RNG (:func:`galcore.experiments.harness.core.build_gal`), so dropout and
   stochastic depth see the same random stream with or without GAL;
 - the batch order comes from a ``torch.Generator`` seeded with ``cfg.seed``;
 - augmentation (random horizontal flip) and the resize to the release's input size run on the
   device, per batch, from their own generator seeded with ``cfg.seed``: same flips in every
   arm, no CPU bottleneck from resizing 32 x 32 images to 224 x 224 in loader workers;
 - nothing in the step reads back to the host; per-epoch numbers are converted once per epoch;
-- runs are cached like :func:`galcore.experiments.harness.run` (same folder, same key).
+- runs are cached like :func:`galcore.experiments.harness.core.run` (same folder, same key).
 
 Data: :func:`cifar_data` (torchvision; downloads when asked and possible, else a clear error),
 :func:`fake_cifar` (random CIFAR-shaped images, offline, for tests). Model:
@@ -36,10 +36,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from galcore.experiments import harness
-from galcore.experiments.harness import RunResult, TrainConfig, _device, build_gal, cached, loss_function, train_loop
-from galcore.experiments.optim import current_lr, make_optimizer
-from galcore.experiments.results import repo_root
+from galcore.experiments.harness import core as harness
+from galcore.experiments.harness.core import (
+    RunResult,
+    TrainConfig,
+    _device,
+    build_gal,
+    cached,
+    loss_function,
+    train_loop,
+)
+from galcore.experiments.harness.optim import current_lr, make_optimizer
+from galcore.experiments.harness.results import repo_root
 from galcore.gal import GAL
 
 __all__ = [
@@ -156,7 +164,7 @@ def cifar_data(
         raise FileNotFoundError(
             f"{dataset}: the data is not under {folder} and could not be "
             f"{'downloaded' if download else 'loaded (download=False)'} ({type(e).__name__}: {e}). "
-            f"On a machine with internet, run galcore.experiments.fullscale.cifar_data({key!r}, {str(folder)!r}) once, "
+            f"On a machine with internet, run galcore.experiments.classification.fullscale.cifar_data({key!r}, {str(folder)!r}) once, "
             f"or copy {archive} (or its extracted folder) from https://www.cs.toronto.edu/~kriz/cifar.html "
             f"into {folder}/. Set the folder with data_root=... or $GALCORE_DATA."
         ) from e
@@ -272,7 +280,7 @@ def train_loader_run(
 ) -> RunResult:
     """Train one classifier under ``cfg`` from ``data``'s loaders; cached by ``cfg.key()``.
 
-    The counterpart of :func:`galcore.experiments.harness.run` for datasets that do not fit in memory
+    The counterpart of :func:`galcore.experiments.harness.core.run` for datasets that do not fit in memory
     (same history columns, same fairness rules; see the module's docstring).
     """
     if cfg.task != "classification":
@@ -284,7 +292,7 @@ def train_loader_run(
 
 def _train_loader(cfg: TrainConfig, data: LoaderData, model_fn: Callable[[], nn.Module], progress: bool) -> RunResult:
     if cfg.space == "parameter":
-        raise ValueError("space='parameter' is for small models; use galcore.experiments.harness.run")
+        raise ValueError("space='parameter' is for small models; use galcore.experiments.harness.core.run")
     device = _device(cfg.device)
     augment = DeviceAugment(data.resize, data.flip, cfg.seed, device)
     train_loader = _loader(data, True, cfg.batch_size, cfg.seed, device)
@@ -305,7 +313,7 @@ def run_loader_arms(
     cache: bool = False,
     progress: bool = True,
 ) -> tuple[Any, Any]:
-    """:func:`galcore.experiments.harness.run_arms` for loader data: every arm for every seed
+    """:func:`galcore.experiments.harness.core.run_arms` for loader data: every arm for every seed
     (seed-major) through :func:`train_loader_run`, the same ``(finals, histories)`` frames."""
     return harness.run_arms(
         arms, seeds, data, model_fn, cache=cache, progress=progress,  # type: ignore[arg-type]

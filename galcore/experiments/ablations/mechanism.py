@@ -1,7 +1,7 @@
 """How GAL's adjustment acts on training, measured step by step.
 
-:func:`trace` trains one :class:`~galcore.experiments.harness.TrainConfig` exactly as
-:func:`galcore.experiments.harness.run` does (same model, h, optimizers, batches: the final
+:func:`trace` trains one :class:`~galcore.experiments.harness.core.TrainConfig` exactly as
+:func:`galcore.experiments.harness.core.run` does (same model, h, optimizers, batches: the final
 weights are bit-identical, a test holds it to that) and, every ``every``-th step, also measures:
 
 - ``pert_ratio``: ``||J^T A|| / ||J^T G||``, the parameter-space norm of the adjustment's part
@@ -33,7 +33,7 @@ the measured steps' parameter-space vectors: 1 when every step points the same w
 the drift weight decay alone would give h's weights under h's optimizer for the same number
 of steps (zero gradient), the yardstick for "h learned something".
 
-All runs here are output-space GAL on in-memory data (:class:`~galcore.experiments.harness.Data`).
+All runs here are output-space GAL on in-memory data (:class:`~galcore.experiments.harness.core.Data`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from galcore.experiments import harness
-from galcore.experiments.harness import Data, RunResult, TrainConfig
-from galcore.experiments.optim import make_optimizer
+from galcore.experiments.harness import core as harness
+from galcore.experiments.harness.core import Data, RunResult, TrainConfig
+from galcore.experiments.harness.optim import make_optimizer
 from galcore.gal import GAL
 
 __all__ = ["CE_CURVATURE", "DIAGNOSTICS", "GradientBound", "bound_arms", "decay_drift", "h_gradient_bound", "diverged", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
@@ -144,7 +144,7 @@ class _EpochTrace:
 
 
 class Tracer(harness.StepHook):
-    """The measurements of :func:`trace` as a :class:`~galcore.experiments.harness.StepHook`:
+    """The measurements of :func:`trace` as a :class:`~galcore.experiments.harness.core.StepHook`:
     the harness trains as always; every ``every``-th step the GAL step is taken apart (same
     gradients into the model and h) and measured."""
 
@@ -242,7 +242,7 @@ def _check_every(every: Any) -> None:
 
 def trace(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, every: int = 4, cache: bool = False,
           progress: bool = False) -> RunResult:
-    """Train ``cfg`` with :func:`galcore.experiments.harness.run` and measure GAL's adjustment
+    """Train ``cfg`` with :func:`galcore.experiments.harness.core.run` and measure GAL's adjustment
     every ``every``-th step (module docstring; a :class:`Tracer` hook). ``track_plain`` is
     switched on. Cached like the harness's runs (the key adds this module's source and ``every``)."""
     _check_every(every)
@@ -254,7 +254,7 @@ def trace_arms(
     arms: Mapping[str, TrainConfig], seeds: Sequence[int], data: Data, model_fn: Callable[[], nn.Module], *,
     every: int = 4, cache: bool = False, progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`galcore.experiments.harness.run_arms` with every GAL arm traced (:func:`trace`;
+    """:func:`galcore.experiments.harness.core.run_arms` with every GAL arm traced (:func:`trace`;
     ``gal=None`` arms run plainly). Returns ``(finals, histories)`` with run_arms' columns plus
     the diagnostics and ``diverged``."""
     _check_every(every)

@@ -8,7 +8,7 @@
   :func:`job_key` (the run's arguments, a hash of the dataset's files and of the training code,
   the package versions); :func:`model_yaml` writes a YOLO yaml of another width or depth.
 - :func:`finals_frame` / :func:`verdict_table`: the runs as the harness's ``finals`` (one row
-  per arm and seed) and the paired comparison per metric (:func:`galcore.experiments.harness.compare`).
+  per arm and seed) and the paired comparison per metric (:func:`galcore.experiments.harness.core.compare`).
 - :class:`StepProbe`: measures, on one batch, how far one optimizer step actually moves the
   head's outputs, against GAL's output-space tentative step ``eta * g``.
 """
@@ -147,7 +147,7 @@ def model_yaml(
     spec["scales"] = {name: [depth, width, max_channels]}
     spec["scale"] = name
     if folder is None:
-        from galcore.experiments.data.shapes_detection import _default_data_root
+        from galcore.experiments.detection.shapes import _default_data_root
 
         folder = _default_data_root() / "models"
     out = Path(folder) / f"{base}-{name}.yaml"
@@ -388,7 +388,7 @@ def run_jobs(
     ``processes`` at a time; ``0``: in this process, one after the other (no interpreter
     start-up per run: the smoke profile). With ``cache_dir`` a finished run is stored there
     under its :func:`job_key` and read back instead of trained again (``cached: True`` in its
-    result). ``progress`` shows a bar (:func:`galcore.experiments.progress.progress`): runs
+    result). ``progress`` shows a bar (:func:`galcore.experiments.harness.progress.progress`): runs
     done / total, the current job.
     """
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
@@ -403,7 +403,7 @@ def run_jobs(
             todo.append(i)
     bar = None
     if progress:
-        from galcore.experiments.progress import progress as make_bar
+        from galcore.experiments.harness.progress import progress as make_bar
 
         bar = make_bar(total=len(jobs), desc="YOLO runs")
         bar.update(len(jobs) - len(todo))
@@ -467,12 +467,12 @@ def finals_frame(runs: Sequence[Mapping[str, Any]]) -> Any:
 def verdict_table(
     finals: Any, margins: Mapping[str, float], *, by: Sequence[str] = ("arch",), effect: Mapping[str, float] | None = None
 ) -> Any:
-    """:func:`galcore.experiments.harness.compare` of ``gal`` against ``standard`` for each
+    """:func:`galcore.experiments.harness.core.compare` of ``gal`` against ``standard`` for each
     metric in ``margins`` (higher is better), concatenated; ``effect`` per metric sets the
     effect size for ``seeds_needed`` (default: the margin)."""
     import pandas as pd
 
-    from galcore.experiments.harness import compare
+    from galcore.experiments.harness.core import compare
 
     tables = [
         compare(finals, metric, margin=m, lower_is_better=False, effect=(effect or {}).get(metric), by=list(by))

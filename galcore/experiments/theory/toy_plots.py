@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from galcore.experiments.progress import progress
-from galcore.experiments.surface import START, ToyRun, local_minima, surface_grid
-from galcore.experiments.toy_taylor import TaylorGrid, TaylorLine
+from galcore.experiments.harness.progress import progress
+from galcore.experiments.theory.surface import START, ToyRun, local_minima, surface_grid
+from galcore.experiments.theory.toy_taylor import TaylorGrid, TaylorLine
 
 __all__ = [
     "animate_toy",
@@ -45,7 +45,7 @@ def plot_surface_3d(lim: float = 1.5, n: int = 121) -> Figure:
     ax.scatter(m[:, 0], m[:, 1], m[:, 2], color="white", edgecolor="k", s=30, depthshade=False, label="local minima")
     import torch
 
-    from galcore.experiments.surface import surface
+    from galcore.experiments.theory.surface import surface
 
     z0 = float(surface(torch.tensor(START, dtype=torch.float64)))
     ax.scatter([START[0]], [START[1]], [z0], color="red", s=40, depthshade=False, label="start (0.75, 1.0)")
@@ -187,7 +187,7 @@ def plot_taylor_grid(grid: TaylorGrid, title: str = "") -> Figure:
 
 
 def plot_classifier(hists: pd.DataFrame) -> Figure:
-    """Per epoch, mean over seeds (``hists`` from :func:`galcore.experiments.harness.run_arms`):
+    """Per epoch, mean over seeds (``hists`` from :func:`galcore.experiments.harness.core.run_arms`):
     GAL's acceptance rate, the relative remainder ``R / R_plain - 1`` of its tentative step, and
     every arm's test loss."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))

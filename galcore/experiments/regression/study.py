@@ -14,8 +14,8 @@ Two tasks, both embedded (no download):
 
 Every split is made before training: train / validation (the epoch compared is the one with the
 lowest validation loss, ``TrainConfig.select="val_loss"``) / test. Runs go through the one
-harness (:func:`galcore.experiments.harness.run_arms`, comparisons by
-:func:`galcore.experiments.harness.compare`).
+harness (:func:`galcore.experiments.harness.core.run_arms`, comparisons by
+:func:`galcore.experiments.harness.core.compare`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from galcore.experiments import harness
-from galcore.experiments.datasets import digits_arrays
-from galcore.experiments.harness import Data, Setup, TrainConfig
-from galcore.experiments.models import MLP, SmallCNN
-from galcore.experiments.optim import current_lr, make_optimizer
-from galcore.experiments.profile import Profile, choose
+from galcore.experiments.harness import core as harness
+from galcore.experiments.harness.core import Data, Setup, TrainConfig
+from galcore.experiments.harness.data import digits_arrays
+from galcore.experiments.harness.models import MLP, SmallCNN
+from galcore.experiments.harness.optim import current_lr, make_optimizer
+from galcore.experiments.harness.profile import Profile, choose
 
 __all__ = [
     "ARMS",

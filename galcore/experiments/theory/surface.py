@@ -19,7 +19,7 @@ exact Taylor term. With ``dtype=torch.float64`` (the default) the trajectories e
 release's loop step for step (``tests/test_release_toy.py``); the release computes in float32
 (``dtype=torch.float32``), where acceptance ties at the rounding level make runs part after a
 few dozen steps. Lookahead and AdaBound come from ``torch-optimizer``
-(:func:`galcore.experiments.optim.make_optimizer`): its AdaBound is the release's arithmetic,
+(:func:`galcore.experiments.harness.optim.make_optimizer`): its AdaBound is the release's arithmetic,
 its Lookahead the release's rule with the interpolation written ``alpha fast + (1 - alpha)
 slow`` instead of ``slow + alpha (fast - slow)`` (equal up to rounding).
 """
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from galcore.adjuster import make_adjuster
-from galcore.experiments.optim import current_lr, make_optimizer
+from galcore.experiments.harness.optim import current_lr, make_optimizer
 from galcore.gal import ParamGAL
 from galcore.remainder import remainder_terms
 
@@ -85,7 +85,7 @@ def surface_grid(lim: float = 1.5, n: int = 301) -> tuple[np.ndarray, np.ndarray
 class ToySetting:
     """One optimizer's toy setting from the release.
 
-    ``optimizer``/``lr``/``kwargs`` go to :func:`galcore.experiments.optim.make_optimizer`; ``ratio`` and
+    ``optimizer``/``lr``/``kwargs`` go to :func:`galcore.experiments.harness.optim.make_optimizer`; ``ratio`` and
     ``scale`` are GAL's ``gal_ratio`` and ``gal_scale``; ``seed`` is the release's seed for h.
     """
 

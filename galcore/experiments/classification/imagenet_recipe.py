@@ -366,7 +366,7 @@ def _device(name: str) -> torch.device:
 
 
 def _cache_file(recipe: ImageNetRecipe, data: ImageNetData, gal: bool, seed: int) -> Path:
-    from galcore.experiments.results import results_dir
+    from galcore.experiments.harness.results import results_dir
 
     return results_dir("cache") / f"{data.name}-effb2-recipe-{recipe.key()}-{'gal' if gal else 'standard'}-s{seed}.json"
 
@@ -384,7 +384,7 @@ def recipe_run(
 ) -> RecipeResult:
     """Train one arm of the release's ImageNet recipe (``gal=True``: with GAL) for one seed.
 
-    Fair pairing as in :mod:`galcore.experiments.harness`: the model is built right after
+    Fair pairing as in :mod:`galcore.experiments.harness.core`: the model is built right after
     ``torch.manual_seed(seed)``, h from its own generator (``GAL(seed=10_000 + seed)``), the
     batch order from a generator seeded with ``seed``. Each step: forward under autocast (CUDA
     with ``recipe.amp``), ``gal.surrogate(...)`` (or the plain loss) scaled and backpropagated,
@@ -508,7 +508,7 @@ def benchmark_recipe_step(
         scaler.update()
         ema.update_parameters(model)
 
-    from galcore.experiments.fullscale import time_steps
+    from galcore.experiments.classification.fullscale import time_steps
 
     return time_steps(step, dev, b, warmup=warmup, steps=steps)
 

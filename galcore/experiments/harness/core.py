@@ -6,7 +6,7 @@
   ``(finals, histories)`` DataFrames.
 - :func:`compare` turns ``finals`` into one row per treatment arm: the paired difference with
   its interval, the smallest detectable effect, the equivalence margin and a verdict
-  (:mod:`galcore.experiments.stats`).
+  (:mod:`galcore.experiments.harness.stats`).
 
 Fairness is built in. For one seed every arm starts from the same initial weights (the model
 is built right after ``torch.manual_seed(seed)``) and sees the same batches in the same order
@@ -45,11 +45,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from galcore import __version__
-from galcore.experiments import controls, stats
-from galcore.experiments.optim import OPTIMIZERS, current_lr, make_optimizer
-from galcore.experiments.progress import progress as progress_bar
-from galcore.experiments.results import results_dir
-from galcore.experiments.stats import paired_ci
+from galcore.experiments.harness import controls, stats
+from galcore.experiments.harness.optim import OPTIMIZERS, current_lr, make_optimizer
+from galcore.experiments.harness.progress import progress as progress_bar
+from galcore.experiments.harness.results import results_dir
+from galcore.experiments.harness.stats import paired_ci
 from galcore.gal import GAL, GALStep, ParamGAL
 from galcore.remainder import RemainderProbe
 
@@ -168,7 +168,7 @@ class TrainConfig:
 
     How h learns: ``h_optimizer=None`` and ``h_lr=None``: h joins the model's optimizer (the
     release's CIFAR code). ``h_optimizer`` names an optimizer of
-    :func:`galcore.experiments.optim.make_optimizer` (e.g. ``"adam"``) for h alone, with
+    :func:`galcore.experiments.harness.optim.make_optimizer` (e.g. ``"adam"``) for h alone, with
     learning rate ``h_lr`` (default ``lr``; no schedule). ``h_lr`` alone means SGD with
     momentum 0.9 at that rate. ``frozen_h``: h keeps its random initial weights (also
     accepted as ``gal={"frozen_h": True}``).
@@ -334,7 +334,7 @@ def evaluate(
 
 
 # -- the cache key ---------------------------------------------------------------------------
-_PACKAGE = Path(__file__).resolve().parents[1]  # galcore/
+_PACKAGE = Path(__file__).resolve().parents[2]  # galcore/
 
 
 def code_files() -> list[Path]:
@@ -343,7 +343,7 @@ def code_files() -> list[Path]:
     reporting and notebook modules are not among them."""
     here = Path(__file__).resolve().parent
     core = sorted(_PACKAGE.glob("*.py")) + sorted((_PACKAGE / "integrations").glob("*.py"))
-    return core + [here / "harness.py", here / "optim.py", here / "controls.py"]
+    return core + [here / "core.py", here / "optim.py", here / "controls.py"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -523,7 +523,7 @@ class StepHook:
     """Watches the output-space GAL steps of one :func:`run` (and may measure inside them);
     the default methods do nothing. A hook must not change what the step sends back to the
     model or h, so that a hooked run takes the same steps as a plain one (the final weights
-    are bit-identical; :mod:`galcore.experiments.mechanism` is the example). ``key`` names
+    are bit-identical; :mod:`galcore.experiments.ablations.mechanism` is the example). ``key`` names
     what the hook records and enters the run's cache key."""
 
     key = ""
@@ -743,9 +743,9 @@ def run_arms(
     metrics, ``seconds``, ``cpu_seconds``, ``weights_hash`` (and ``accept_rate_mean``, the
     epochs' mean, for GAL arms); and one row per (arm, seed, epoch). ``progress`` shows runs
     done / total, the current arm and seed, elapsed and remaining
-    (:mod:`galcore.experiments.progress`). ``hook(cfg)`` gives each run's :class:`StepHook`
+    (:mod:`galcore.experiments.harness.progress`). ``hook(cfg)`` gives each run's :class:`StepHook`
     (or ``None``). ``runner(cfg, data, model_fn, cache)`` trains one run instead of :func:`run`
-    (data that is not in memory: :func:`galcore.experiments.fullscale.train_loader_run`)."""
+    (data that is not in memory: :func:`galcore.experiments.classification.fullscale.train_loader_run`)."""
     if not arms:
         raise ValueError("arms: give at least one arm")
     if not seeds:
@@ -834,7 +834,7 @@ def compare(
     ``sd_diff`` the SD of the per-seed differences; ``mde`` the smallest true difference
     detectable with probability ``power`` at a two-sided ``1 - level`` test; ``margin`` the
     equivalence margin (metric units, > 0); ``verdict`` one of
-    :data:`galcore.experiments.stats.VERDICTS` (``identical`` when the final weights are
+    :data:`galcore.experiments.harness.stats.VERDICTS` (``identical`` when the final weights are
     bit-identical on every seed, from ``weights_hash``); ``seeds_needed`` the seeds for
     ``power`` at ``effect`` (default: the margin)."""
     if metric not in finals.columns:
@@ -863,7 +863,7 @@ def compare(
 
 def paired_table(finals: pd.DataFrame, metric: str, control: str = "standard", level: float = 0.95) -> pd.DataFrame:
     """For each arm other than ``control``: the paired difference ``arm - control`` of
-    ``metric`` over seeds, with its confidence interval (:func:`galcore.experiments.stats.paired_ci`).
+    ``metric`` over seeds, with its confidence interval (:func:`galcore.experiments.harness.stats.paired_ci`).
     :func:`compare` adds the power, margin and verdict."""
     base = finals[finals["arm"] == control].set_index("seed")[metric]
     rows = []

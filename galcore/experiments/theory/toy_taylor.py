@@ -114,7 +114,7 @@ class TaylorGrid:
 def taylor_grid(f: Callable[[Tensor], Tensor], w: Tensor, radius: float, n: int = 61) -> TaylorGrid:
     """f and its first/second-order models around a 2-D point ``w`` on ``[-radius, radius]^2``.
 
-    ``f`` maps a ``(..., 2)`` tensor to ``(...)`` (e.g. :func:`galcore.experiments.surface.surface`); the
+    ``f`` maps a ``(..., 2)`` tensor to ``(...)`` (e.g. :func:`galcore.experiments.theory.surface.surface`); the
     gradient and Hessian at ``w`` come from ``torch.func`` in float64.
     """
     w = torch.as_tensor(w, dtype=torch.float64)

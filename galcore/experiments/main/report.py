@@ -3,8 +3,8 @@
 Every experiment notebook writes ``results/<notebook-stem>/summary.csv`` with the columns of
 :data:`SUMMARY_COLUMNS` (one row per compared setting: the paired difference treatment -
 control over seeds, its interval, the smallest detectable effect, the margin and the verdict;
-:func:`galcore.experiments.harness.compare` builds them) and ``conclusion.md`` (a few computed
-sentences). This module renders them in notebook order, and ``python -m galcore.experiments.report --readme README.md`` copies the result into the README
+:func:`galcore.experiments.harness.core.compare` builds them) and ``conclusion.md`` (a few computed
+sentences). This module renders them in notebook order, and ``python -m galcore.experiments.main.report --readme README.md`` copies the result into the README
 between the markers ``<!-- results:begin -->`` and ``<!-- results:end -->``.
 """
 
@@ -169,7 +169,7 @@ def update_readme(readme: Path, summary: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from galcore.experiments.results import results_dir
+    from galcore.experiments.harness.results import results_dir
 
     parser = argparse.ArgumentParser(description="Write results/summary.md and optionally copy it into the README.")
     parser.add_argument("--results", type=Path, default=None)

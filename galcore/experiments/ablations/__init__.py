@@ -1,0 +1,1 @@
+"""Notebook 05 (ablations): the studies and the mechanism traces."""
