@@ -55,7 +55,7 @@ from galcore.experiments.harness.core import Data, RunResult, TrainConfig
 from galcore.experiments.harness.optim import make_optimizer
 from galcore.gal import GAL
 
-__all__ = ["CE_CURVATURE", "DIAGNOSTICS", "GradientBound", "bound_arms", "decay_drift", "h_gradient_bound", "diverged", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
+__all__ = ["CE_CURVATURE", "DIAGNOSTICS", "GradientBound", "bound_arms", "decay_drift", "diverged", "h_gradient_bound", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
 
 #: per-step diagnostics averaged into each epoch's row (see the module docstring)
 DIAGNOSTICS = ("pert_ratio", "h_cosine", "adj_grad_cosine", "output_gain", "h_grad_rms")

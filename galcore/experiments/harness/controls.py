@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -121,7 +122,7 @@ def identical_groups(finals: pd.DataFrame, by: Sequence[str] = ()) -> list[tuple
         keys = keys if isinstance(keys, tuple) else (keys,)
         ok = g["weights_hash"].map(lambda h: isinstance(h, str) and bool(h))
         if "test_loss" in g.columns:
-            ok &= pd.to_numeric(g["test_loss"], errors="coerce").map(lambda v: v == v and abs(v) != float("inf"))
+            ok &= pd.Series(np.isfinite(pd.to_numeric(g["test_loss"], errors="coerce").to_numpy(dtype=float)), index=g.index)
         sig: dict[str, tuple[Any, ...] | None] = {}
         for arm, ga in g.groupby("arm", sort=False):
             sig[arm] = None if not ok[ga.index].all() else tuple(sorted(zip(ga["seed"], ga["weights_hash"], strict=True)))
