@@ -55,7 +55,7 @@ from galcore.experiments.harness.core import Data, RunResult, TrainConfig
 from galcore.experiments.harness.optim import make_optimizer
 from galcore.gal import GAL
 
-__all__ = ["CE_CURVATURE", "DIAGNOSTICS", "GradientBound", "bound_arms", "decay_drift", "diverged", "h_gradient_bound", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
+__all__ = ["CE_CURVATURE", "DIAGNOSTICS", "GradientBound", "bound_arms", "bound_text", "decay_drift", "diverged", "h_gradient_bound", "pairwise_cosine", "tentative_ray", "trace", "trace_arms"]
 
 #: per-step diagnostics averaged into each epoch's row (see the module docstring)
 DIAGNOSTICS = ("pert_ratio", "h_cosine", "adj_grad_cosine", "output_gain", "h_grad_rms")
@@ -348,7 +348,8 @@ class GradientBound(harness.StepHook):
     run's own form on every measured step), ``h_drift`` (``||theta_T - theta_0|| / ||theta_0||``)
     and ``sgd_drift_bound``: the drift that SGD with momentum m at the run's learning rates could
     reach at most with gradients at the bound (``sum_t lr_t |bound_t| / (1 - m) / ||theta_0||``,
-    with the unmeasured steps at the measured mean; for h in an SGD optimizer). Measuring does not
+    with the unmeasured steps at the measured mean; for h in an SGD optimizer; weight decay apart:
+    ``decay_drift`` is what the optimizer's weight decay alone does to h). Measuring does not
     change the step (h is a deterministic function; the bound is computed beside it)."""
 
     def __init__(self, every: int = 10) -> None:
@@ -361,7 +362,7 @@ class GradientBound(harness.StepHook):
 
         if not isinstance(gal.h, LinearStack) or not gal.h._affine:
             raise ValueError("GradientBound needs the release's h (a linear stack without activations)")
-        self.gal, self.step, self.lr_sum = gal, 0, 0.0
+        self.cfg, self.gal, self.step, self.lr_sum = cfg, gal, 0, 0.0
         self.theta0 = gal.h.flat.detach().clone()
         self.rows: list[tuple[float, float, float, float]] = []
         self.momentum = float(dict(cfg.optimizer_kwargs).get("momentum", 0.9)) if cfg.optimizer in ("momentum", "lookahead") else 0.0
@@ -399,6 +400,7 @@ class GradientBound(harness.StepHook):
         per_lr = float((m[:, own] / m[:, 3]).mean())  # bound per unit lr (it grows with eta)
         final["sgd_drift_bound"] = self.lr_sum * per_lr * float(m[:, 3].mean()) / (1 - self.momentum) / float(self.theta0.double().norm())
         final["bound_steps"] = float(len(m))
+        final["decay_drift"] = decay_drift(self.cfg, [self.theta0], self.step)
 
 
 def bound_arms(arms: Mapping[str, TrainConfig], seeds: Sequence[int], data: Data, model_fn: Callable[[], nn.Module], *,
@@ -414,3 +416,49 @@ def bound_arms(arms: Mapping[str, TrainConfig], seeds: Sequence[int], data: Data
         f"own {arms[a].h_optimizer or 'momentum'} lr {arms[a].h_lr:g}" if arms[a].h_optimizer or arms[a].h_lr
         else f"model's {arms[a].optimizer} lr {arms[a].lr:g}")))
     return f
+
+
+def bound_text(bounds: pd.DataFrame, group: Sequence[str] = ("optimizer",)) -> str:
+    """What the measured h gradients, their bounds and h's drift say, per way h is trained:
+    sentences computed from :func:`bound_arms` rows (with the ``group`` columns, e.g.
+    ``optimizer``, in front). Says whether the bound held on every measured step, the ratio of
+    the mean form's bound to the sum form's, and which ways of training h moved it."""
+    keys = [*group, "arm", "first_order", "h_trained_by"]
+    g = bounds.groupby(keys, sort=False).agg(
+        grad=("h_grad_norm", "mean"), b_sum=("bound_sum", "mean"), b_mean=("bound_mean", "mean"),
+        drift=("h_drift", "mean"), sgd_bound=("sgd_drift_bound", "mean"), decay=("decay_drift", "mean"), ok=("bound_ok", "min"),
+        n=("seed", "count"))
+    lines = []
+    for key, r in g.iterrows():
+        *where, arm, form, how = key
+        own = r["b_sum"] if form == "sum" else r["b_mean"]
+        at = ", ".join(map(str, where)) + ", " if where else ""
+        lines.append(f"- `{arm}` ({at}first_order=\"{form}\", h in {how}): measured ||grad h|| {r['grad']:.2g} "
+                     f"(bound {own:.2g}; {'below it on every measured step' if r['ok'] else 'ABOVE it on some step'}), "
+                     f"h's relative drift over the run {r['drift']:.2g}"
+                     + (f" (SGD at the bound could move it at most {r['sgd_bound']:.2g} from its gradient"
+                        if "adam" not in how.lower() else " (")
+                     + f"; weight decay alone {r['decay']:.2g})"
+                     + f"; {int(r['n'])} seed(s).")
+    ratio = float((g["b_mean"] / g["b_sum"]).median())
+    moved = g["drift"]
+    verdict = (f"The mean form's bound is {ratio:.3g} times the sum form's: averaging <delta, g> over the batch leaves a "
+               "first-order term in h's objective (it no longer cancels), so its gradient scales with lr, the sum form's "
+               "with lr².")
+    learned = moved - g["decay"]  # what the gradient moved, beyond weight decay
+    small = moved[learned < 1e-3]
+    big = moved[learned >= 1e-3]
+    verdict += (f" Beyond what weight decay alone does, h's weights moved by less than 1e-3 of their norm in {len(small)} of "
+                f"{len(moved)} ways of training it"
+                + (f"; by {big.min():.2g} to {big.max():.2g} in " + ", ".join(f"`{k[-3]}` (h in {k[-1]})" for k in big.index)
+                   if len(big) else ""))
+    verdict += "."
+    if len(big) == 0:
+        verdict += (" With every way of training h here, h stays at its random initialisation: GAL's adjustment is the "
+                    "direction of h's initial random map of the outputs (what a frozen h gives), not a learned one, so no "
+                    "learning of h can produce a difference, and GAL ≈ placebo is what to expect unless that fixed "
+                    "direction itself matters.")
+    else:
+        verdict += (" Where h stays at its initialisation, no learning of h can produce a difference (GAL ≈ placebo is "
+                    "what to expect); where it moves, GAL − placebo measures what that learning changes.")
+    return "\n".join(lines) + "\n\n" + verdict

@@ -112,30 +112,11 @@ def null_text(null: pd.DataFrame, headline: tuple[str, str] = ("mnist1d", "SGD+m
 
 def mechanism_text(bounds: pd.DataFrame) -> str:
     """What the measured h gradients, their bounds and h's drift say, per way h is trained
-    (rows of :func:`galcore.experiments.classification.runs.bound_runs`)."""
-    g = bounds.groupby(["optimizer", "arm", "first_order", "h_trained_by"], sort=False).agg(
-        grad=("h_grad_norm", "mean"), b_sum=("bound_sum", "mean"), b_mean=("bound_mean", "mean"),
-        drift=("h_drift", "mean"), sgd_bound=("sgd_drift_bound", "mean"), ok=("bound_ok", "min"), n=("seed", "count"))
-    lines = []
-    for (opt, arm, form, how), r in g.iterrows():
-        own = r["b_sum"] if form == "sum" else r["b_mean"]
-        lines.append(f"- `{arm}` ({opt}, first_order=\"{form}\", h in {how}): measured ||grad h|| {r['grad']:.2g} "
-                     f"(bound {own:.2g}; {'below it on every measured step' if r['ok'] else 'ABOVE it on some step'}), "
-                     f"h's relative drift over the run {r['drift']:.2g}"
-                     + (f" (SGD at the bound could move it at most {r['sgd_bound']:.2g})" if "adam" not in how.lower() else "")
-                     + f"; {int(r['n'])} seed(s).")
-    sgd = g.xs("SGD+momentum", level="optimizer") if "SGD+momentum" in g.index.get_level_values(0) else g
-    ratio = float((sgd["b_mean"] / sgd["b_sum"]).median())
-    moved = g["drift"]
-    verdict = (f"The mean form's bound is {ratio:.3g} times the sum form's: averaging <delta, g> over the batch leaves a "
-               "first-order term in h's objective (it no longer cancels), so its gradient scales with lr, the sum form's "
-               "with lr².")
-    small = moved[moved < 1e-3]
-    big = moved[moved >= 1e-3]
-    verdict += (f" h's weights moved by less than 1e-3 of their norm in {len(small)} of {len(moved)} ways of training it"
-                + (f"; by {big.min():.2g} to {big.max():.2g} in " + ", ".join(f"`{a}`" for _, a, _, _ in big.index) if len(big) else "")
-                + ".")
-    return "\n".join(lines) + "\n\n" + verdict
+    (rows of :func:`galcore.experiments.classification.runs.bound_runs`;
+    :func:`galcore.experiments.ablations.mechanism.bound_text`)."""
+    from galcore.experiments.ablations.mechanism import bound_text
+
+    return bound_text(bounds)
 
 
 def scope_text(table: pd.DataFrame) -> str:
