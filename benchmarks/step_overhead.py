@@ -69,6 +69,7 @@ from galcore.experiments.harness.bench import (
     ReleaseRunner,
     StepRunner,
     quantile,
+    runner_step,
     step_peak_bytes,
     time_steps,
 )  # fmt: skip
@@ -210,14 +211,14 @@ def bench_model(
     runners, batches = make_runners(name, device, seed, variants, compile_options or {})
     for _ in range(warmup):  # the compiled variant compiles in its second warm-up step
         for key in variants:
-            time_steps(runners[key], batches, 1, 0, device)
+            time_steps(runner_step(runners[key], batches), 1, device)
 
     times: dict[str, list[float]] = {key: [] for key in variants}
     done = rnd = 0
     while done < steps:
         n = min(block, steps - done)
         for key in variants if rnd % 2 == 0 else variants[::-1]:
-            times[key].extend(time_steps(runners[key], batches, n, done, device, clock))
+            times[key].extend(time_steps(runner_step(runners[key], batches), n, device, clock, start=done))
         done += n
         rnd += 1
 

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from galcore import GALConfig
+from galcore.experiments import harness
 from galcore.experiments.ablations import study as A
-from galcore.experiments.harness import core as harness
 from galcore.experiments.harness.models import MLP
 
 
@@ -22,7 +23,8 @@ def studies() -> dict[str, A.Study]:
 def _differing(a: harness.TrainConfig, b: harness.TrainConfig) -> set[str]:
     da, db = asdict(a), asdict(b)
     out = {k for k in da if k != "gal" and da[k] != db[k]}
-    ga, gb = dict(a.gal or {}), dict(b.gal or {})
+    standard = GALConfig(ratio=0.0).to_dict()  # the standard method: GAL at ratio 0
+    ga, gb = (c.gal.to_dict() if c.gal is not None else standard for c in (a, b))
     out |= {f"gal.{k}" for k in set(ga) | set(gb) if ga.get(k) != gb.get(k)}
     return out
 
@@ -32,7 +34,7 @@ def test_dose_grid_is_complete_and_labels_round_trip(studies: dict[str, A.Study]
     assert len(dose.arms) == 1 + len(A.RATIOS) * len(A.H_MODES)
     for name, cfg in dose.arms.items():
         parsed = A.split_label(name)
-        assert parsed["ratio"] == (cfg.gal or {}).get("ratio", 0.0)
+        assert parsed["ratio"] == (cfg.gal.ratio if cfg.gal is not None else 0.0)
         if name != "standard":
             assert A.label(parsed["ratio"], parsed["h"], parsed["normalize"]) == name
             # each arm differs from the standard method only in GAL and how h learns
@@ -78,7 +80,7 @@ def test_space_study_model_is_small_enough_for_paramgal(studies: dict[str, A.Stu
 def test_gal_arm_leaves_defaults_out_and_names_bad_h() -> None:
     base = A.setup("smoke").base
     assert A.gal_arm(base, 0.1, normalize="sample", scale=1.0).key() == A.gal_arm(base, 0.1).key()
-    assert A.gal_arm(base, 0.1, normalize="batch").gal == {"ratio": 0.1, "normalize": "batch"}
+    assert A.gal_arm(base, 0.1, normalize="batch").gal == GALConfig(ratio=0.1, normalize="batch")
     assert A.gal_arm(base, 0.1, lr=0.3).lr == 0.3
     with pytest.raises(ValueError, match="h must be one of"):
         A.gal_arm(base, 0.1, "sgd")

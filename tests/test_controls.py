@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from galcore import GAL
-from galcore.experiments.harness import controls
-from galcore.experiments.harness.core import Data, TrainConfig, build_gal, run, run_arms
+from galcore.experiments.harness import Data, TrainConfig, build_gal, controls, run, run_arms
 
 
 @pytest.fixture(autouse=True)
@@ -67,10 +66,10 @@ def test_placebo_direction_has_the_gal_norm_and_no_h_parameters():
 
 def test_control_configs():
     p, z = controls.placebo(GAL_CFG), controls.zero(GAL_CFG)
-    assert p.gal == {**GAL_CFG.gal, "placebo": True} and z.gal == {**GAL_CFG.gal, "ratio": 0.0}
+    assert p.placebo and p.gal == GAL_CFG.gal and z.gal == GAL_CFG.gal.replace(ratio=0.0) and not z.placebo
     arms = controls.control_arms(replace(GAL_CFG, h_optimizer="adam", h_lr=1e-3), ("placebo", "zero", "frozen"), "c:")
     assert list(arms) == ["c:placebo", "c:zero", "c:frozen"] and arms["c:placebo"].h_optimizer is None
-    assert arms["c:frozen"].frozen_h and arms["c:zero"].gal["ratio"] == 0.0
+    assert arms["c:frozen"].frozen_h and arms["c:zero"].gal.ratio == 0.0
     with pytest.raises(ValueError, match="GAL arm"):
         controls.placebo(BASE)
     with pytest.raises(ValueError, match="unknown controls"):
@@ -78,7 +77,9 @@ def test_control_configs():
     gal = build_gal(p, _model(), 3, torch.device("cpu"))
     assert isinstance(gal.h, controls.NoiseH) and gal.h.seed == 10_000 + p.seed
     with pytest.raises(TypeError, match="placebo"):
-        build_gal(replace(GAL_CFG, gal={**GAL_CFG.gal, "placebo": 1}), _model(), 3, torch.device("cpu"))
+        replace(GAL_CFG, placebo=1)
+    with pytest.raises(ValueError, match="placebo"):
+        replace(BASE, placebo=True)
 
 
 def test_control_runs_are_fair_reproducible_and_merged_when_identical():
@@ -98,6 +99,9 @@ def test_control_runs_are_fair_reproducible_and_merged_when_identical():
     bad = finals.copy()
     bad.loc[bad["arm"].isin(["standard", "zero"]), "test_loss"] = float("nan")
     assert controls.identical_groups(bad) == []
+    # an arm on fewer seeds is compared on the seeds it ran
+    fewer = finals[~((finals["arm"] == "zero") & (finals["seed"] == 1))]
+    assert controls.identical_groups(fewer) == [("standard", "zero")]
     # by groups
     two = pd.concat([finals.assign(optimizer="a"), finals.assign(optimizer="b")], ignore_index=True)
     assert controls.identical_groups(two, by=["optimizer"]) == [("a", "standard", "zero"), ("b", "standard", "zero")]
@@ -108,7 +112,7 @@ def test_placebo_runs_traced_with_the_same_steps():
 
     p = controls.placebo(GAL_CFG)
     model = lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))  # the tracer re-runs the model: no dropout
-    plain = run(replace(p, gal={**p.gal, "track_plain": True}), _data(), model)
+    plain = run(replace(p, gal=p.gal.replace(track_plain=True)), _data(), model)
     traced = mechanism.trace(p, _data(), model, every=2)
     assert traced.weights_hash == plain.weights_hash  # measuring does not move the noise stream
     assert traced.final["h_drift"] != traced.final["h_drift"]  # NaN: no h weights

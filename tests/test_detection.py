@@ -1,4 +1,4 @@
-"""The detection experiment's bookkeeping (galcore.experiments.detection.study) without training:
+"""The detection experiment's bookkeeping (galcore.experiments.detection) without training:
 cache keys, the run cache, the settings check, the tables."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from galcore.experiments.detection import study as detection
+from galcore.experiments import detection
 from galcore.experiments.detection.shapes import ShapesConfig, shapes_detection
 from galcore.experiments.harness.stats import VERDICTS
 
@@ -57,7 +57,7 @@ def test_run_jobs_trains_each_job_once_then_reads_the_cache(data_yaml: Path, tmp
         calls.append((method, seed))
         return {"arch": arch, "method": method, "seed": seed, "map50": 0.1 * seed + (method == "gal"), "map50_95": 0.0}
 
-    monkeypatch.setattr(detection, "train_yolo", fake_train)
+    monkeypatch.setattr(detection.jobs, "train_yolo", fake_train)
     jobs = [_job(data_yaml, method=m, seed=s) for s in (0, 1) for m in ("standard", "gal")]
     first = detection.run_jobs(jobs, cache_dir=tmp_path / "cache", processes=0, progress=False)
     assert calls == [("standard", 0), ("gal", 0), ("standard", 1), ("gal", 1)]

@@ -40,7 +40,7 @@ def test_dose_study_arms_pair_gal_with_its_placebo():
     assert next(iter(s.arms)) == "standard" and len(s.arms) == 1 + 2 * len(dose.DOSE_RATIOS)
     for r in dose.DOSE_RATIOS:
         g, p = s.arms[f"r={r:g} | gal"], s.arms[f"r={r:g} | placebo"]
-        assert g.gal["ratio"] == p.gal["ratio"] == r and p.gal["placebo"] and g.h_optimizer == "adam" and p.h_optimizer is None
+        assert g.gal.ratio == p.gal.ratio == r and p.placebo and not g.placebo and g.h_optimizer == "adam" and p.h_optimizer is None
     assert len(s.setup.seeds) == dose.DOSE_SEEDS["smoke"]
     arms = dose.bound_study_arms("smoke")
     assert len(arms) == 12 and arms["r=0.1 | mean | own SGD"].h_optimizer == "momentum"

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from galcore import GAL
-from galcore.experiments.harness import core as H
-from galcore.experiments.harness.core import Data, TrainConfig, compare, run, run_arms
+from galcore import GAL, GALConfig
+from galcore.experiments import harness as H
+from galcore.experiments.harness import Data, TrainConfig, compare, hashing, run, run_arms
 from galcore.experiments.harness.models import MLP
 from galcore.experiments.harness.stats import VERDICTS
 
@@ -56,7 +56,7 @@ def test_cache_hits_when_nothing_changed_and_is_off_by_default(results: Path, mo
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained although the run was cached")
 
-    monkeypatch.setattr(H, "_fit", no_training)
+    monkeypatch.setattr(H.train, "fit", no_training)
     hit = run(BASE, data, model_fn, cache=True)
     assert hit.final == stored.final and hit.weights_hash == stored.weights_hash
     with pytest.raises(AssertionError, match="trained although"):  # same weights, another dropout p
@@ -78,20 +78,21 @@ def test_cache_key_covers_config_data_model_and_training_code(results: Path, tmp
     assert H.cache_key(BASE, data, MLP(16, 4, hidden=(8,))) != key  # other initial weights
     # the training code: the core, the harness and optim; not plots, reports or notebook modules
     names = {p.relative_to(Path(H.__file__).parents[3]).as_posix() for p in H.code_files()}
-    assert {"galcore/gal.py", "galcore/config.py", "galcore/experiments/harness/core.py", "galcore/experiments/harness/optim.py"} <= names
+    assert {"galcore/gal.py", "galcore/config.py", "galcore/build.py", "galcore/experiments/harness/config.py",
+            "galcore/experiments/harness/train.py", "galcore/experiments/harness/optim.py"} <= names
     assert not names & {"galcore/experiments/harness/plots.py", "galcore/experiments/main/report.py", "galcore/experiments/harness/results.py"}
     # editing a hashed file changes the key; the model's class source is hashed too
     source = tmp_path / "decides_training.py"
     source.write_text("x = 1\n")
-    monkeypatch.setattr(H, "code_files", lambda: [source])
-    H._files_digest.cache_clear()
+    monkeypatch.setattr(hashing, "code_files", lambda: [source])
+    hashing._files_digest.cache_clear()
     try:
         before = H.cache_key(BASE, data, model)
         source.write_text("x = 2\n")
-        H._files_digest.cache_clear()
+        hashing._files_digest.cache_clear()
         assert H.cache_key(BASE, data, model) != before
     finally:
-        H._files_digest.cache_clear()
+        hashing._files_digest.cache_clear()
 
     class Twin(MLP):
         pass
@@ -147,24 +148,25 @@ def test_how_h_learns(results: Path) -> None:
     model = MLP(16, 4, hidden=(8,))
     cpu = torch.device("cpu")
     joined = dataclasses.replace(BASE, gal={"ratio": 0.1})
-    opt, h_opt = H._optimizers(joined, model, H.build_gal(joined, model, 4, cpu))
+    opt, h_opt = H.optimizers(joined, model, H.build_gal(joined, model, 4, cpu))
     assert h_opt is None and len(opt.param_groups) == 2
     adam = dataclasses.replace(joined, h_optimizer="adam", h_lr=1e-3)
-    opt, h_opt = H._optimizers(adam, model, H.build_gal(adam, model, 4, cpu))
+    opt, h_opt = H.optimizers(adam, model, H.build_gal(adam, model, 4, cpu))
     assert isinstance(h_opt, torch.optim.Adam) and h_opt.param_groups[0]["lr"] == 1e-3 and len(opt.param_groups) == 1
     legacy = dataclasses.replace(joined, h_lr=0.01)
-    _, h_opt = H._optimizers(legacy, model, H.build_gal(legacy, model, 4, cpu))
+    _, h_opt = H.optimizers(legacy, model, H.build_gal(legacy, model, 4, cpu))
     assert isinstance(h_opt, torch.optim.SGD) and h_opt.param_groups[0]["momentum"] == 0.9
     frozen = dataclasses.replace(joined, frozen_h=True)
     gal = H.build_gal(frozen, model, 4, cpu)
     assert not any(p.requires_grad for p in gal.h.parameters())
-    assert H._optimizers(frozen, model, gal)[1] is None and len(H._optimizers(frozen, model, gal)[0].param_groups) == 1
-    # the field and the legacy GAL option are the same run
+    assert H.optimizers(frozen, model, gal)[1] is None and len(H.optimizers(frozen, model, gal)[0].param_groups) == 1
+    # frozen_h is a field of the arm only, not a GAL option
     data, model_fn = _data(0), lambda: MLP(16, 4, hidden=(8,))
     a = run(dataclasses.replace(frozen, gal={"ratio": 0.3, "accept": "always"}), data, model_fn)
-    b = run(dataclasses.replace(joined, gal={"ratio": 0.3, "accept": "always", "frozen_h": True}), data, model_fn)
     trained = run(dataclasses.replace(joined, gal={"ratio": 0.3, "accept": "always"}, h_optimizer="adam", h_lr=0.1), data, model_fn)
-    assert a.weights_hash == b.weights_hash != trained.weights_hash
+    assert a.weights_hash != trained.weights_hash
+    with pytest.raises(ValueError, match="unknown GAL option"):
+        dataclasses.replace(joined, gal={"ratio": 0.3, "frozen_h": True})
 
 
 def test_select_reports_the_best_validation_epoch() -> None:
@@ -191,6 +193,22 @@ def test_config_errors_name_the_argument() -> None:
             dataclasses.replace(BASE, **{field: value})
     with pytest.raises(TypeError, match="frozen_h"):
         dataclasses.replace(BASE, frozen_h="yes")
+
+
+def test_a_misspelt_gal_option_fails_when_the_arm_is_built_before_any_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GALConfig's own message, raised by TrainConfig itself: no model is built, nothing trains."""
+    built = []
+    model_fn = lambda: built.append(1) or MLP(16, 4, hidden=(8,))
+    with pytest.raises(ValueError, match=r"unknown GAL option\(s\) \['ration'\]"):
+        arms = {"standard": BASE, "gal": dataclasses.replace(BASE, gal={"ration": 1e-3})}
+        run_arms(arms, [0], _data(0), model_fn, progress=False)
+    assert built == []
+    with pytest.raises(ValueError, match="ratio"):
+        TrainConfig(model="net", data="toy", gal={"ratio": -1.0})
+    cfg = dataclasses.replace(BASE, gal={"ratio": 0.1})
+    assert isinstance(cfg.gal, GALConfig) and cfg.gal.ratio == 0.1
+    assert cfg == dataclasses.replace(BASE, gal=GALConfig(ratio=0.1)) and cfg.key() == dataclasses.replace(BASE, gal=GALConfig(ratio=0.1)).key()
+    assert cfg.to_dict()["gal"]["compute_dtype"] == "float64"  # plain values, JSON-ready
 
 
 def _finals(diffs: dict[str, list[float]], hashes: dict[str, list[str]] | None = None) -> pd.DataFrame:
@@ -256,6 +274,6 @@ def test_a_step_hook_watches_without_changing_the_run(results: Path) -> None:
     assert len(list((results / "cache").glob("*.json"))) == 2  # the hook's key keeps its record apart
     with pytest.raises(ValueError, match="output-space GAL"):
         run(BASE, _data(0), model_fn, hook=_CountingHook())
-    finals, _ = run_arms({"standard": BASE, "gal": cfg}, [0], _data(0), model_fn, progress=False,
-                         hook=lambda c: _CountingHook() if c.gal is not None else None)
+    runner = lambda c, d, m, cache: run(c, d, m, cache=cache, hook=_CountingHook() if c.gal is not None else None)
+    finals, _ = run_arms({"standard": BASE, "gal": cfg}, [0], _data(0), model_fn, progress=False, runner=runner)
     assert finals.set_index("arm").loc["gal", "hooked"] == 1.0

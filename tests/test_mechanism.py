@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from galcore.experiments import harness
 from galcore.experiments.ablations import mechanism
-from galcore.experiments.harness import core as harness
-from galcore.experiments.harness.core import TrainConfig
+from galcore.experiments.harness import TrainConfig
 from galcore.experiments.harness.data import digits
 from galcore.experiments.harness.models import MLP
 
@@ -95,7 +95,7 @@ def test_h_gradient_bound_holds_and_orders_the_forms():
     """The derived bound on h's gradient is above the measured gradient on every measured step,
     for both first-order forms and for h in the model's SGD or its own Adam; the mean form's
     bound is first order in lr (far above the sum form's)."""
-    from galcore.experiments.harness.core import Data
+    from galcore.experiments.harness import Data
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 6, generator=g)
@@ -104,8 +104,8 @@ def test_h_gradient_bound_holds_and_orders_the_forms():
     model = lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     base = TrainConfig(model="tiny", data="tiny", optimizer="momentum", lr=0.1, epochs=2, batch_size=16,
                        gal={"ratio": 0.1, "compute_dtype": torch.float64})
-    arms = {"sum": base, "mean": replace(base, gal={**base.gal, "first_order": "mean"}),
-            "mean, own adam": replace(base, gal={**base.gal, "first_order": "mean"}, h_optimizer="adam", h_lr=1e-3)}
+    arms = {"sum": base, "mean": replace(base, gal=base.gal.replace(first_order="mean")),
+            "mean, own adam": replace(base, gal=base.gal.replace(first_order="mean"), h_optimizer="adam", h_lr=1e-3)}
     f = mechanism.bound_arms(arms, (0,), data, model, every=1, progress=False).set_index("arm")
     assert (f["bound_ok"] == 1).all() and (f["h_grad_norm"] > 0).all()
     assert (f["bound_mean"] > 10 * f["bound_sum"]).all()

@@ -1,4 +1,4 @@
-"""galcore.experiments.regression.study: data and splits, rotation labels, what h receives with one and
+"""galcore.experiments.regression: data and splits, rotation labels, what h receives with one and
 two outputs, the arms, the margin, the verdicts (fast, CPU)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from galcore import GAL
-from galcore.experiments.harness import core as harness
+from galcore.experiments import harness
+from galcore.experiments import regression as R
 from galcore.experiments.harness import stats
 from galcore.experiments.harness.data import digits_arrays
-from galcore.experiments.regression import study as R
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def test_default_setup_and_arms() -> None:
         assert arms["gal"].h_optimizer == R.H_OPTIMIZER and arms["gal"].h_lr == R.H_LR and not arms["gal"].frozen_h
         assert arms["gal_frozen"].frozen_h and arms["gal_frozen"].gal == arms["gal"].gal
         # the tentative step is the same eta for every optimizer
-        assert arms["gal"].gal["scale"] * arms["gal"].lr == pytest.approx(R.ETA)
+        assert arms["gal"].gal.scale * arms["gal"].lr == pytest.approx(R.ETA)
     with pytest.raises(ValueError, match="optimizer"):
         R.arms_for(s, "lbfgs")
     with pytest.raises(ValueError, match="dataset"):
@@ -169,7 +169,7 @@ def test_h_probe_one_output_gets_no_gradient_two_outputs_do() -> None:
     assert p2["h_grad_max"] > 1e3 * p2["h_eps"]  # well above Adam's eps at this scale
     assert p2["h_drift"] > 1e-3
     assert 0.5 < p2["remainder_ratio"] < 1.5
-    p0 = R.h_probe(replace(cfg, gal=R.gal_options(scale=1.0)), two)
+    p0 = R.h_probe(replace(cfg, gal=R.gal_config(scale=1.0)), two)
     assert p0["h_grad_median"] < 1e-3 * p2["h_grad_median"] and p0["h_drift"] < 0.1 * p2["h_drift"]
     # the probe trains the very run the harness trains
     res = harness.run(replace(cfg, select=None), two.data, two.model_fn)

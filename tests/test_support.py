@@ -12,7 +12,7 @@ from torch import nn
 
 import galcore
 from galcore.adjuster import make_adjuster, release_hidden
-from galcore.experiments.harness.core import Data, TrainConfig, paired_table, run, run_arms
+from galcore.experiments.harness import Data, TrainConfig, paired_table, run, run_arms
 from galcore.experiments.harness.models import MLP, ResNet8, SmallCNN
 from galcore.experiments.harness.optim import OPTIMIZERS, make_optimizer
 from galcore.experiments.harness.stats import paired_ci
@@ -125,7 +125,7 @@ def test_harness_parameter_space_and_frozen_h(tmp_path, monkeypatch: pytest.Monk
     model_fn = lambda: MLP(64, 4, hidden=(4,))
     res = run(dataclasses.replace(cfg, space="parameter"), data, model_fn, cache=False)
     assert 0.0 <= res.final["accept_rate"] <= 1.0 and np.isfinite(res.final["test_loss"])
-    frozen = run(dataclasses.replace(cfg, gal={**cfg.gal, "frozen_h": True}), data, model_fn, cache=False)
+    frozen = run(dataclasses.replace(cfg, frozen_h=True), data, model_fn, cache=False)
     assert np.isfinite(frozen.final["test_loss"])
     reg = Data("reg", data.x_train, data.x_train.mean(dim=(1, 2, 3))[:, None], data.x_test, data.x_test.mean(dim=(1, 2, 3))[:, None], 1, y_scale=2.0)
     r = run(TrainConfig(model="mlp", data="reg", task="regression", loss="huber", epochs=1, lr=0.05, gal={"ratio": 0.1}), reg, lambda: MLP(64, 1), cache=False)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from galcore.experiments.harness import core as harness
+from galcore.experiments import harness
 from galcore.experiments.theory.toy_classifier import (
     ARMS,
     ClassifierSetting,
@@ -42,7 +42,7 @@ def test_data_and_arms() -> None:
     assert tuple(arms) == ARMS
     std, learned, frozen = (arms[a] for a in ARMS)
     assert std.gal is None and std.epochs == 3
-    assert learned.gal == frozen.gal and learned.gal is not None and learned.gal["track_plain"] is True
+    assert learned.gal == frozen.gal and learned.gal is not None and learned.gal.track_plain is True
     assert (learned.h_optimizer, learned.h_lr, learned.frozen_h) == ("adam", SMALL.h_lr, False)
     assert frozen.frozen_h is True
     # everything else is shared

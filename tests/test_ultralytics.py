@@ -19,7 +19,9 @@ if importlib.util.find_spec("ultralytics") is None:  # not importorskip: Ultraly
     pytest.skip("ultralytics is not installed (pip install galcore[yolo])", allow_module_level=True)
 
 from galcore import GALConfig
-from galcore.integrations.ultralytics import build_gal, offline_env, read_gal_steps
+from galcore.build import build_gal as _build_gal
+from galcore.experiments.detection.offline import offline_env
+from galcore.integrations.ultralytics import read_gal_steps
 
 offline_env()  # before Ultralytics is imported below
 
@@ -30,6 +32,11 @@ from galcore.experiments.detection.shapes import ShapesConfig, shapes_detection
 from galcore.integrations.ultralytics import GALCriterion, GALDetectionTrainer
 
 DATA = ShapesConfig(n_train=16, n_val=8, imgsz=64, seed=1)
+
+
+def build_gal(config: GALConfig, output_dim: int) -> Any:
+    """GAL as the trainer builds it: h on the head's channel axis (dim 1), the run's seed 0."""
+    return _build_gal(config.replace(dim=1), output_dim=output_dim, run_seed=0)
 
 
 def _is_loopback(address: Any) -> bool:
@@ -254,7 +261,7 @@ def test_options_from_config_file_and_errors(data_yaml: str, tmp_path: Path) -> 
         overrides=_train_kwargs(data_yaml, tmp_path, "cfg", gal=str(cfg_file), gal_scale=0.5, model="yolov8n.yaml")
     )
     assert trainer.gal_config.ratio == 0.003 and trainer.gal_config.scale == 0.5  # keywords win over the file
-    gal = build_gal(trainer.gal_config, 20, seed=0)
+    gal = build_gal(trainer.gal_config, 20)
     assert gal.first_order == "mean" and gal.scale == 0.5 and gal.dim == 1
 
 
@@ -274,7 +281,7 @@ def test_bad_options_fail_before_the_run_starts(data_yaml: str, tmp_path: Path) 
 def test_offline_settings_keep_datasets_and_weights_in_the_project() -> None:
     import ultralytics.utils as uu
 
-    from galcore.integrations.ultralytics import _project_root
+    from galcore.experiments.detection.offline import _project_root
 
     root = _project_root()
     for key in ("datasets_dir", "weights_dir", "runs_dir"):
@@ -286,7 +293,7 @@ def test_criterion_value_stays_finite_under_float16_autocast() -> None:
     """Ultralytics' loss vector is kept at its own precision: a loss beyond float16's range
     does not become inf (inf - inf would be NaN and trip Ultralytics' NaN recovery)."""
     model = torch.nn.Linear(1, 1).train()
-    gal = build_gal(GALConfig(ratio=0.3, hidden=(8,)), 6, seed=0)
+    gal = build_gal(GALConfig(ratio=0.3, hidden=(8,)), 6)
 
     def big(preds: Any, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         vec, items = _fake_criterion(preds, batch)
@@ -305,7 +312,7 @@ def test_criterion_value_stays_finite_under_float16_autocast() -> None:
 def test_criterion_copies_drop_gal() -> None:
     import copy
 
-    crit = GALCriterion(inner=object(), gal=build_gal(GALConfig(), 8, seed=0), lr=lambda: 0.1, model=torch.nn.Linear(1, 1))
+    crit = GALCriterion(inner=object(), gal=build_gal(GALConfig(), 8), lr=lambda: 0.1, model=torch.nn.Linear(1, 1))
     holder = torch.nn.Module()
     holder.criterion = crit
     assert copy.deepcopy(holder).criterion is None  # ModelEMA / checkpoint copies get a fresh criterion
@@ -329,7 +336,7 @@ def _fake_preds(seed: int = 0) -> dict[str, Any]:
 
 def test_criterion_keeps_values_and_sends_gals_gradient() -> None:
     model = torch.nn.Linear(1, 1).train()
-    gal = build_gal(GALConfig(ratio=0.3, accept="always", hidden=(8,)), 6, seed=0)
+    gal = build_gal(GALConfig(ratio=0.3, accept="always", hidden=(8,)), 6)
     crit = GALCriterion(_fake_criterion, gal, lr=lambda: 0.5, model=model)
     preds = _fake_preds()
     vec, items = crit(preds, None)
@@ -338,7 +345,7 @@ def test_criterion_keeps_values_and_sends_gals_gradient() -> None:
     assert items.keys() == ref_items.keys()
     vec.sum().backward()
     # the same step through GAL.backward on a copy of h gives the same output gradient
-    gal2 = build_gal(GALConfig(ratio=0.3, accept="always", hidden=(8,)), 6, seed=0)
+    gal2 = build_gal(GALConfig(ratio=0.3, accept="always", hidden=(8,)), 6)
     gal2.load_state_dict(gal.state_dict())
     gal2.num_steps.zero_()
     p2 = _fake_preds()
@@ -354,7 +361,7 @@ def test_criterion_keeps_values_and_sends_gals_gradient() -> None:
 
 def test_criterion_passes_through_outside_training() -> None:
     model = torch.nn.Linear(1, 1)
-    gal = build_gal(GALConfig(ratio=0.3), 6, seed=0)
+    gal = build_gal(GALConfig(ratio=0.3), 6)
     crit = GALCriterion(_fake_criterion, gal, lr=lambda: 0.5, model=model)
     model.eval()
     crit(_fake_preds(), None)  # validation
@@ -370,7 +377,7 @@ def test_criterion_passes_through_outside_training() -> None:
 
 def _recording(base: type) -> type:
     """``base`` trainer that records the initial weights' hash and a hash of every training batch."""
-    from galcore.experiments.detection.study import weights_hash
+    from galcore.experiments.detection import weights_hash
 
     class Recording(base):  # type: ignore[misc,valid-type]
         seen: dict[str, Any]
@@ -412,7 +419,7 @@ def test_arms_share_initial_weights_and_data_order(data_yaml: str, tmp_path: Pat
 
 @pytest.mark.slow
 def test_step_probe_measures_without_changing_the_run(data_yaml: str, tmp_path: Path) -> None:
-    from galcore.experiments.detection.study import StepProbe, train_yolo
+    from galcore.experiments.detection import StepProbe, train_yolo
 
     plain = train_yolo("yolov8n", data_yaml, "gal", 0, project=tmp_path, epochs=2, batch=8, gal={"ratio": 0.01},
                        name="plain")
@@ -430,7 +437,7 @@ def test_step_probe_measures_without_changing_the_run(data_yaml: str, tmp_path: 
 
 
 def test_model_yaml_builds_a_narrower_yolo(tmp_path: Path) -> None:
-    from galcore.experiments.detection.study import model_yaml
+    from galcore.experiments.detection import model_yaml
 
     path = model_yaml("yolov8", depth=0.33, width=0.125, folder=tmp_path)
     assert path.parent == tmp_path and path.suffix == ".yaml"

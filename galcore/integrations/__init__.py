@@ -1,7 +1,7 @@
 """Integrations of GAL with third-party trainers.
 
 - :mod:`galcore.integrations.ultralytics`: Ultralytics YOLO detection (``GALDetectionTrainer``,
-  ``offline_env``). Needs the ``yolo`` extra (``pip install galcore[yolo]``); imported on demand,
+  ``GALCriterion``). Needs the ``yolo`` extra (``pip install galcore[yolo]``); imported on demand,
   so ``import galcore.integrations`` does not import Ultralytics.
 """
 

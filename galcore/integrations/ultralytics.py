@@ -1,9 +1,8 @@
 """GAL for Ultralytics YOLO detection: a trainer class to pass as ``trainer=``.
 
-Usage (offline, from a bundled model yaml)::
+Usage (from a bundled model yaml; the experiments run Ultralytics offline with
+:func:`galcore.experiments.detection.offline.offline_env`, called before importing it)::
 
-    from galcore.integrations.ultralytics import offline_env
-    offline_env()                      # before importing ultralytics: no network, local config dir
     from ultralytics import YOLO
     from galcore.integrations.ultralytics import GALDetectionTrainer  # imports Ultralytics
     YOLO("yolov8n.yaml").train(data="data.yaml", trainer=GALDetectionTrainer,
@@ -51,7 +50,6 @@ import csv
 import io
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ from weakref import ref
 import torch
 from torch import Tensor
 
+from galcore.build import build_gal
 from galcore.config import GALConfig
 from galcore.gal import GAL
 
@@ -67,7 +66,6 @@ __all__ = [
     "GALConfig",
     "GALCriterion",
     "GALDetectionTrainer",  # noqa: F822 - built on first use (module __getattr__)
-    "offline_env",
     "read_gal_steps",
 ]
 
@@ -75,107 +73,8 @@ ENV_CONFIG = "GALCORE_ULTRALYTICS_GAL"  # JSON of GALConfig, read by DDP workers
 
 
 # ---------------------------------------------------------------------------------------------
-# offline environment
-# ---------------------------------------------------------------------------------------------
-def _find_font() -> Path:
-    import matplotlib
-
-    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    if not path.is_file():  # pragma: no cover - matplotlib always ships it
-        raise FileNotFoundError(f"matplotlib's DejaVuSans.ttf not found at {path}")
-    return path
-
-
-def _project_root() -> Path:
-    """The nearest folder at or above the working directory holding galcore's pyproject.toml,
-    else the working directory."""
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "galcore").is_dir():
-            return folder
-    return here
-
-
-def offline_env(root: str | os.PathLike[str] | None = None, runs_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Set up Ultralytics to run fully offline and return its config folder.
-
-    Call it before ``import ultralytics`` (Ultralytics reads its environment at import); if
-    Ultralytics is already imported, its module-level switches are patched as well.
-
-    - ``YOLO_CONFIG_DIR=<root>/.yolo_config`` (a project-local settings folder), holding
-      ``Arial.ttf`` (a copy of matplotlib's DejaVuSans, so no font is downloaded);
-    - ``YOLO_OFFLINE=1`` (no online check), ``YOLO_AUTOINSTALL=0`` (no pip installs);
-    - settings: ``sync=False`` (no analytics or crash reports), every logger integration off,
-      ``runs_dir=<runs_dir or root/runs>``, and Ultralytics' ``datasets_dir`` and
-      ``weights_dir`` inside the project: ``$GALCORE_DATA`` or ``<root>/data`` (git-ignored),
-      and its ``weights/`` folder.
-
-    Training calls should still pass ``pretrained=False``, ``amp=False`` on CPU (no AMP check,
-    which would download weights), ``plots=False`` and a model ``*.yaml`` (never ``*.pt``).
-
-    Args:
-        root: the project folder; default the galcore repository root (or the working directory).
-        runs_dir: Ultralytics' default runs folder; default ``<root>/runs``.
-    """
-    base = Path(root) if root is not None else _project_root()
-    cfg = (base / ".yolo_config").resolve()
-    font = _find_font()
-    for folder in (cfg, cfg / "Ultralytics"):  # YOLO_CONFIG_DIR and Ultralytics' USER_CONFIG_DIR below it
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / "Arial.ttf"
-        if not target.is_file():
-            shutil.copyfile(font, target)
-    os.environ["YOLO_CONFIG_DIR"] = str(cfg)
-    os.environ["YOLO_OFFLINE"] = "1"
-    os.environ["YOLO_AUTOINSTALL"] = "0"
-    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-
-    import ultralytics.utils as uu  # after the environment is set
-    import ultralytics.utils.checks as uc
-
-    user_dir = Path(uu.USER_CONFIG_DIR)  # differs from cfg/Ultralytics if Ultralytics was imported before
-    with contextlib.suppress(OSError):
-        user_dir.mkdir(parents=True, exist_ok=True)
-        if not (user_dir / "Arial.ttf").is_file():
-            shutil.copyfile(font, user_dir / "Arial.ttf")
-    uu.ONLINE = False
-    uc.ONLINE = False
-    uc.AUTOINSTALL = False
-    with contextlib.suppress(ImportError):
-        import ultralytics.utils.events as ue
-
-        ue.ONLINE = False
-        ue.events.enabled = False
-    runs = Path(runs_dir) if runs_dir is not None else base / "runs"
-    data = Path(os.environ["GALCORE_DATA"]) if os.environ.get("GALCORE_DATA") else base / "data"
-    settings = {
-        "sync": False,
-        "runs_dir": str(runs.resolve()),
-        "datasets_dir": str(data.resolve()),
-        "weights_dir": str((data / "weights").resolve()),
-        "clearml": False,
-        "comet": False,
-        "dvc": False,
-        "mlflow": False,
-        "raytune": False,
-        "tensorboard": False,
-        "wandb": False,
-        "vscode_msg": False,
-        "openvino_msg": False,
-    }
-    uu.SETTINGS.update({k: v for k, v in settings.items() if k in uu.SETTINGS})
-    return cfg
-
-
-# ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
-def build_gal(config: GALConfig, output_dim: int, seed: int) -> GAL:
-    """GAL for a head with ``output_dim`` channels per location (``dim=1``); h drawn with
-    ``config.seed``, or ``seed`` (the run's) when that is ``None``, from its own generator."""
-    return GAL(output_dim, config=config.replace(dim=1, seed=seed if config.seed is None else config.seed))
-
-
 def _pop_gal_options(overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Take ``gal=`` and ``gal_<option>=`` out of Ultralytics' overrides (it rejects unknown keys)."""
     base = overrides.pop("gal", None)
@@ -311,8 +210,8 @@ _TRAINER: type | None = None
 
 
 def _trainer_class() -> type:
-    """Build :class:`GALDetectionTrainer` on first use, so importing this module (e.g. for
-    :func:`offline_env`) does not import Ultralytics before its environment is set."""
+    """Build :class:`GALDetectionTrainer` on first use, so importing this module does not import
+    Ultralytics (before its environment is set, say)."""
     global _TRAINER
     if _TRAINER is not None:
         return _TRAINER
@@ -379,8 +278,9 @@ def _trainer_class() -> type:
         def _build_gal(self) -> GAL:
             head = self._head()
             no = int(head.nc + 4 * head.reg_max)
-            # h is drawn from its own generator: it does not shift the run's random stream
-            return build_gal(self.gal_config, no, int(self.args.seed)).to(self.device)
+            # h reads the head's channel axis; it is drawn from its own generator (galcore.build's one
+            # seed rule), so it does not shift the run's random stream
+            return build_gal(self.gal_config.replace(dim=1), output_dim=no, run_seed=int(self.args.seed), device=self.device)
 
         def build_optimizer(  # type: ignore[override]
             self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5

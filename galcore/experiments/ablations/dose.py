@@ -24,8 +24,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from galcore.experiments.ablations.study import OUT, Study, gal_arm, setup
-from galcore.experiments.harness import controls
-from galcore.experiments.harness.core import run_arms
+from galcore.experiments.harness import controls, run_arms
 from galcore.experiments.harness.profile import Profile, get_profile
 
 __all__ = ["DOSE_RATIOS", "DOSE_SEEDS", "KINDS", "bound_study_arms", "dose_study", "dose_text", "paired", "run_dose", "show_dose_slopes", "slopes"]
@@ -56,7 +55,7 @@ def dose_study(profile: Profile | None = None) -> Study:
 
 
 def run_dose(study: Study, *, cache: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Every arm x seed of ``study`` (:func:`galcore.experiments.harness.core.run_arms`): finals."""
+    """Every arm x seed of ``study`` (:func:`galcore.experiments.harness.run_arms`): finals."""
     f, _ = run_arms(study.arms, study.setup.seeds, study.setup.data, study.setup.model_fn, cache=cache, progress=progress)
     return f
 

@@ -1,7 +1,7 @@
 """How GAL's adjustment acts on training, measured step by step.
 
-:func:`trace` trains one :class:`~galcore.experiments.harness.core.TrainConfig` exactly as
-:func:`galcore.experiments.harness.core.run` does (same model, h, optimizers, batches: the final
+:func:`trace` trains one :class:`~galcore.experiments.harness.TrainConfig` exactly as
+:func:`galcore.experiments.harness.run` does (same model, h, optimizers, batches: the final
 weights are bit-identical, a test holds it to that) and, every ``every``-th step, also measures:
 
 - ``pert_ratio``: ``||J^T A|| / ||J^T G||``, the parameter-space norm of the adjustment's part
@@ -33,7 +33,7 @@ the measured steps' parameter-space vectors: 1 when every step points the same w
 the drift weight decay alone would give h's weights under h's optimizer for the same number
 of steps (zero gradient), the yardstick for "h learned something".
 
-All runs here are output-space GAL on in-memory data (:class:`~galcore.experiments.harness.core.Data`).
+All runs here are output-space GAL on in-memory data (:class:`~galcore.experiments.harness.Data`).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from galcore.experiments.harness import core as harness
-from galcore.experiments.harness.core import Data, RunResult, TrainConfig
+from galcore.experiments import harness
+from galcore.experiments.harness import Data, RunResult, TrainConfig
 from galcore.experiments.harness.optim import make_optimizer
 from galcore.gal import GAL
 
@@ -81,7 +81,7 @@ def decay_drift(cfg: TrainConfig, h0: Sequence[Tensor], steps: int) -> float:
     """Relative drift ``||theta - theta_0|| / ||theta_0||`` of h's weights after ``steps``
     optimizer steps with zero gradient: what h's optimizer (the model's, with its weight
     decay, or h's own) does to h without any learning signal. 0 for a frozen h."""
-    if cfg.frozen_h or cfg.gal is None or cfg.gal.get("frozen_h") or not h0:
+    if cfg.frozen_h or cfg.gal is None or not h0:
         return 0.0
     params = [p.detach().clone().requires_grad_(True) for p in h0]
     if cfg.h_optimizer is None and cfg.h_lr is None:
@@ -144,7 +144,7 @@ class _EpochTrace:
 
 
 class Tracer(harness.StepHook):
-    """The measurements of :func:`trace` as a :class:`~galcore.experiments.harness.core.StepHook`:
+    """The measurements of :func:`trace` as a :class:`~galcore.experiments.harness.StepHook`:
     the harness trains as always; every ``every``-th step the GAL step is taken apart (same
     gradients into the model and h) and measured."""
 
@@ -220,7 +220,7 @@ def _traced(cfg: TrainConfig) -> TrainConfig:
     """The config a traced run trains: ``track_plain`` on (it measures, it does not change the step)."""
     if cfg.space != "output" or cfg.gal is None:
         raise ValueError("trace measures output-space GAL runs: give a config with gal options and space='output'")
-    return cfg if cfg.gal.get("track_plain", False) else replace(cfg, gal={**cfg.gal, "track_plain": True})
+    return cfg if cfg.gal.track_plain else replace(cfg, gal=cfg.gal.replace(track_plain=True))
 
 
 def _summarise(res: RunResult, num_outputs: int) -> RunResult:
@@ -242,7 +242,7 @@ def _check_every(every: Any) -> None:
 
 def trace(cfg: TrainConfig, data: Data, model_fn: Callable[[], nn.Module], *, every: int = 4, cache: bool = False,
           progress: bool = False) -> RunResult:
-    """Train ``cfg`` with :func:`galcore.experiments.harness.core.run` and measure GAL's adjustment
+    """Train ``cfg`` with :func:`galcore.experiments.harness.run` and measure GAL's adjustment
     every ``every``-th step (module docstring; a :class:`Tracer` hook). ``track_plain`` is
     switched on. Cached like the harness's runs (the key adds this module's source and ``every``)."""
     _check_every(every)
@@ -254,7 +254,7 @@ def trace_arms(
     arms: Mapping[str, TrainConfig], seeds: Sequence[int], data: Data, model_fn: Callable[[], nn.Module], *,
     every: int = 4, cache: bool = False, progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`galcore.experiments.harness.core.run_arms` with every GAL arm traced (:func:`trace`;
+    """:func:`galcore.experiments.harness.run_arms` with every GAL arm traced (:func:`trace`;
     ``gal=None`` arms run plainly). Returns ``(finals, histories)`` with run_arms' columns plus
     the diagnostics and ``diverged``."""
     _check_every(every)
@@ -409,9 +409,11 @@ def bound_arms(arms: Mapping[str, TrainConfig], seeds: Sequence[int], data: Data
     run with ``arm``, ``seed``, the first-order form, how h is trained, the measured gradient and
     drift, and the bounds."""
     _check_every(every)
-    f, _ = harness.run_arms(arms, seeds, data, model_fn, cache=cache, progress=progress,
-                            hook=lambda cfg: GradientBound(every))
-    f.insert(1, "first_order", f["arm"].map(lambda a: arms[a].gal.get("first_order", "sum")))  # type: ignore[union-attr]
+    def one(cfg: TrainConfig, d: Data, m: Callable[[], nn.Module], c: bool) -> RunResult:
+        return harness.run(cfg, d, m, cache=c, hook=GradientBound(every))
+
+    f, _ = harness.run_arms(arms, seeds, data, model_fn, cache=cache, progress=progress, runner=one)
+    f.insert(1, "first_order", f["arm"].map(lambda a: arms[a].gal.first_order))  # type: ignore[union-attr]
     f.insert(2, "h_trained_by", f["arm"].map(lambda a: "frozen" if arms[a].frozen_h else (
         f"own {arms[a].h_optimizer or 'momentum'} lr {arms[a].h_lr:g}" if arms[a].h_optimizer or arms[a].h_lr
         else f"model's {arms[a].optimizer} lr {arms[a].lr:g}")))

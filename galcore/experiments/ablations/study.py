@@ -3,10 +3,10 @@
 One small, fast setup (:func:`setup`: scikit-learn's digits, an MLP 64-64-10, SGD with
 momentum 0.9, lr 0.05 and weight decay 1e-5 as in the release's CIFAR runs) carries every
 study, so many seeds fit a CPU budget. A :class:`Study` is a set of arms
-(:class:`~galcore.experiments.harness.core.TrainConfig`) with one control; its arms run on the same
+(:class:`~galcore.experiments.harness.TrainConfig`) with one control; its arms run on the same
 seeds (paired: same initial weights, batches and h), output-space GAL arms through
 :func:`galcore.experiments.ablations.mechanism.trace` (the harness's run plus the measurements of the
-mechanism), parameter-space arms through :func:`galcore.experiments.harness.core.run_arms`.
+mechanism), parameter-space arms through :func:`galcore.experiments.harness.run_arms`.
 
 Studies (:func:`studies`):
 
@@ -20,7 +20,7 @@ Studies (:func:`studies`):
   at a time around an active base (r = 0.1, h trained by its own Adam).
 - ``space``: output vs parameter space on a model small enough for :class:`galcore.ParamGAL`.
 
-:func:`verdicts` compares arms with :func:`galcore.experiments.harness.core.compare` on test NLL and
+:func:`verdicts` compares arms with :func:`galcore.experiments.harness.compare` on test NLL and
 test error (margins in :data:`MARGIN_ERROR` and :func:`loss_margin`). The rest of the module is
 the notebook's views: tables (``*_view``, :func:`arm_table`), figures (``show_*``, through
 :func:`galcore.experiments.harness.plots.show`), the text of the findings (``*_text``,
@@ -40,9 +40,9 @@ import torch
 
 from galcore.adjuster import release_hidden
 from galcore.config import GALConfig
+from galcore.experiments import harness
 from galcore.experiments.ablations import mechanism
-from galcore.experiments.harness import core as harness
-from galcore.experiments.harness.core import Data, Setup, TrainConfig
+from galcore.experiments.harness import Data, Setup, TrainConfig
 from galcore.experiments.harness.data import digits
 from galcore.experiments.harness.models import MLP
 from galcore.experiments.harness.profile import Profile, choose, get_profile
@@ -239,7 +239,7 @@ def arm_table(study: Study) -> pd.DataFrame:
     """One row per arm: the settings that matter (GAL's options, how h learns, the optimizer)."""
     rows = []
     for label, cfg in study.arms.items():
-        g = dict(cfg.gal or {})
+        g = cfg.gal.to_dict() if cfg.gal is not None else {}
         learns = "-" if cfg.gal is None else ("frozen" if cfg.frozen_h else (
             "model's optimizer" if cfg.h_optimizer is None and cfg.h_lr is None else f"{cfg.h_optimizer} lr {cfg.h_lr:g}"))
         rows.append({
@@ -258,7 +258,7 @@ def arm_table(study: Study) -> pd.DataFrame:
 def run_study(study: Study, *, cache: bool = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or read from the cache) every arm of ``study`` on its seeds: output-space arms
     traced (:func:`galcore.experiments.ablations.mechanism.trace_arms`), parameter-space arms through
-    :func:`galcore.experiments.harness.core.run_arms`. Returns ``(finals, histories)``."""
+    :func:`galcore.experiments.harness.run_arms`. Returns ``(finals, histories)``."""
     s = study.setup
     traced = {k: v for k, v in study.arms.items() if v.space == "output"}
     plain = {k: v for k, v in study.arms.items() if v.space != "output"}
@@ -293,7 +293,7 @@ def _add_step_counts(finals: pd.DataFrame, hists: pd.DataFrame, steps_per_epoch:
 def verdicts(study: Study, finals: pd.DataFrame, *, margin_loss: float | None = None) -> pd.DataFrame:
     """Each comparison of ``study`` (:meth:`Study.comparisons`) on test NLL (margin
     :func:`loss_margin` of the study's control unless given) and test error (margin
-    :data:`MARGIN_ERROR`): :func:`galcore.experiments.harness.core.compare`'s rows, with ``study``
+    :data:`MARGIN_ERROR`): :func:`galcore.experiments.harness.compare`'s rows, with ``study``
     and ``setting`` (``"treatment vs control"``) columns first."""
     margin_loss = margin_loss if margin_loss is not None else loss_margin(finals, study.control)
     rows = []

@@ -1,19 +1,19 @@
 """Paper-scale classification (CIFAR-10/100, EfficientNet-B1) through a ``DataLoader``.
 
-:func:`galcore.experiments.harness.core.run` keeps a whole dataset on the device, which suits the embedded
+:func:`galcore.experiments.harness.run` keeps a whole dataset on the device, which suits the embedded
 data. CIFAR at the release's input size does not fit that way (50,000 images resized to
 224 x 224 are 30 GB), so this module trains from a :class:`torch.utils.data.Dataset` instead,
-with the same rules as :mod:`galcore.experiments.harness.core`:
+with the same rules as :mod:`galcore.experiments.harness`:
 
 - the model is built right after ``torch.manual_seed(cfg.seed)`` (same initial weights in every
-  arm), h inside a forked RNG (:func:`galcore.experiments.harness.core.build_gal`), so dropout and
+  arm), h from its own generator (:func:`galcore.build.build_gal`), so dropout and
   stochastic depth see the same random stream with or without GAL;
 - the batch order comes from a ``torch.Generator`` seeded with ``cfg.seed``;
 - augmentation (random horizontal flip) and the resize to the release's input size run on the
   device, per batch, from their own generator seeded with ``cfg.seed``: same flips in every
   arm, no CPU bottleneck from resizing 32 x 32 images to 224 x 224 in loader workers;
 - nothing in the step reads back to the host; per-epoch numbers are converted once per epoch;
-- runs are cached like :func:`galcore.experiments.harness.core.run` (same folder, same key).
+- runs are cached like :func:`galcore.experiments.harness.run` (same folder, same key).
 
 Data: :func:`cifar_data` (torchvision; downloads when asked and possible, else a clear error),
 :func:`fake_cifar` (random CIFAR-shaped images, offline, for tests). Model:
@@ -25,7 +25,6 @@ GAL (images per second, peak device memory).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,16 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from galcore.experiments.harness import core as harness
-from galcore.experiments.harness.core import (
-    RunResult,
-    TrainConfig,
-    _device,
-    build_gal,
-    cached,
-    loss_function,
-    train_loop,
-)
+from galcore.experiments import harness
+from galcore.experiments.harness import RunResult, TrainConfig, build_gal, cached, device_of, loss_function, train_loop
+from galcore.experiments.harness.bench import throughput
 from galcore.experiments.harness.optim import current_lr, make_optimizer
 from galcore.experiments.harness.results import repo_root
 from galcore.gal import GAL
@@ -62,7 +54,6 @@ __all__ = [
     "evaluate_loader",
     "fake_cifar",
     "run_loader_arms",
-    "time_steps",
     "train_loader_run",
 ]
 
@@ -280,7 +271,7 @@ def train_loader_run(
 ) -> RunResult:
     """Train one classifier under ``cfg`` from ``data``'s loaders; cached by ``cfg.key()``.
 
-    The counterpart of :func:`galcore.experiments.harness.core.run` for datasets that do not fit in memory
+    The counterpart of :func:`galcore.experiments.harness.run` for datasets that do not fit in memory
     (same history columns, same fairness rules; see the module's docstring).
     """
     if cfg.task != "classification":
@@ -292,8 +283,8 @@ def train_loader_run(
 
 def _train_loader(cfg: TrainConfig, data: LoaderData, model_fn: Callable[[], nn.Module], progress: bool) -> RunResult:
     if cfg.space == "parameter":
-        raise ValueError("space='parameter' is for small models; use galcore.experiments.harness.core.run")
-    device = _device(cfg.device)
+        raise ValueError("space='parameter' is for small models; use galcore.experiments.harness.run")
+    device = device_of(cfg.device)
     augment = DeviceAugment(data.resize, data.flip, cfg.seed, device)
     train_loader = _loader(data, True, cfg.batch_size, cfg.seed, device)
 
@@ -313,7 +304,7 @@ def run_loader_arms(
     cache: bool = False,
     progress: bool = True,
 ) -> tuple[Any, Any]:
-    """:func:`galcore.experiments.harness.core.run_arms` for loader data: every arm for every seed
+    """:func:`galcore.experiments.harness.run_arms` for loader data: every arm for every seed
     (seed-major) through :func:`train_loader_run`, the same ``(finals, histories)`` frames."""
     return harness.run_arms(
         arms, seeds, data, model_fn, cache=cache, progress=progress,  # type: ignore[arg-type]
@@ -340,7 +331,7 @@ def benchmark_step(
 
     Returns ``images_per_s``, ``step_ms`` and ``peak_mem_gib`` (CUDA only, else NaN).
     """
-    dev = _device(device)
+    dev = device_of(device)
     torch.manual_seed(seed)
     model = model_fn().to(dev).train()
     cfg = TrainConfig(model="bench", data="bench", gal=gal, seed=seed)
@@ -361,22 +352,5 @@ def benchmark_step(
             g.backward(model(xb), lambda o: F.cross_entropy(o, y), current_lr(opt))
         opt.step()
 
-    return time_steps(step, dev, batch_size, warmup=warmup, steps=steps)
+    return throughput(step, dev, batch_size, warmup=warmup, steps=steps)
 
-
-def time_steps(step: Callable[[], None], dev: torch.device, batch_size: int, *, warmup: int, steps: int) -> dict[str, float]:
-    """Run ``step()`` ``warmup`` times, then time ``steps`` calls (CUDA synchronised around the
-    timed block): images per second, milliseconds per step and peak CUDA memory (GiB; NaN on CPU)."""
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-    return {"images_per_s": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps, "peak_mem_gib": peak}

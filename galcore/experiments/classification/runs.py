@@ -17,7 +17,7 @@ from galcore.experiments.classification.fullscale import run_loader_arms
 from galcore.experiments.classification.imagenet_recipe import ImageNetData, ImageNetRecipe, recipe_run
 from galcore.experiments.classification.mnist1d_models import BASELINE_ACCURACY, BASELINE_RECIPE, MNIST1DCNN, MNIST1DMLP
 from galcore.experiments.classification.plan import Benchmark, arms_for, is_fullscale
-from galcore.experiments.harness.core import TrainConfig, run_arms
+from galcore.experiments.harness import TrainConfig, run_arms
 from galcore.experiments.harness.data import mnist1d
 from galcore.experiments.harness.profile import Profile, get_profile
 

@@ -1,7 +1,7 @@
 """Notebook 02's tables: the paired comparisons with verdicts (GAL - standard, GAL - placebo),
 the sample-size calculation from a pilot's paired SD, the null distribution of one run pair,
 the cost per arm, and the rows of ``summary.csv``. The statistics are
-:mod:`galcore.experiments.harness.stats`' and :func:`galcore.experiments.harness.core.compare`'s."""
+:mod:`galcore.experiments.harness.stats`' and :func:`galcore.experiments.harness.compare`'s."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from galcore.experiments.classification.plan import MARGIN_ERROR, NLL_MARGIN_REL, RELEASE_GAINS, TARGET_MDE
-from galcore.experiments.harness import controls, stats
-from galcore.experiments.harness.core import compare
+from galcore.experiments.harness import compare, controls, stats
 
 __all__ = ["ESTIMANDS", "compare_table", "merged_arms", "null_pair", "overhead_table", "power_table", "sizing_table",
            "summary_frame", "tost_power", "tost_seeds"]
@@ -42,7 +41,7 @@ def merged_arms(finals: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[Any, ...
 
 def compare_table(finals: pd.DataFrame, *, margin_error: float = MARGIN_ERROR, nll_margin_rel: float = NLL_MARGIN_REL,
                   effect: float = RELEASE_GAINS[0], estimands: Sequence[tuple[str, str]] = ESTIMANDS) -> pd.DataFrame:
-    """:func:`galcore.experiments.harness.core.compare` per (data, optimizer) and estimand
+    """:func:`galcore.experiments.harness.compare` per (data, optimizer) and estimand
     ``(treatment, control)`` of ``estimands`` whose arms both ran (after :func:`merged_arms`:
     an arm identical to standard is not compared again), for ``test_error`` (points; margin
     ``margin_error``; ``seeds_needed`` at ``effect``) and ``test_loss`` (NLL; margin
@@ -66,7 +65,7 @@ def compare_table(finals: pd.DataFrame, *, margin_error: float = MARGIN_ERROR, n
                 t.insert(0, "optimizer", opt)
                 t.insert(0, "data", data)
                 rows.append(t)
-    from galcore.experiments.harness.core import COMPARE_COLUMNS
+    from galcore.experiments.harness import COMPARE_COLUMNS
 
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["data", "optimizer", "estimand", *COMPARE_COLUMNS])
     out["outputs"] = 10

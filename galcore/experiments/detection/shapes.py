@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -303,12 +302,3 @@ def shapes_detection(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return yaml
-
-
-def class_counts(labels: Sequence[np.ndarray], n_classes: int = len(CLASSES)) -> np.ndarray:
-    """Instances per class over a list of label arrays (for summaries)."""
-    out = np.zeros(n_classes, dtype=int)
-    for lab in labels:
-        for c in lab[:, 0].astype(int):
-            out[c] += 1
-    return out

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from galcore.gal import GAL
 from galcore.reference import reference_step
 
-__all__ = ["CLOCKS", "ReferenceRunner", "ReleaseRunner", "StepRunner", "quantile", "step_peak_bytes", "time_steps"]
+__all__ = ["CLOCKS", "ReferenceRunner", "ReleaseRunner", "StepRunner", "quantile", "runner_step", "step_peak_bytes", "throughput",
+           "time_steps"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -153,21 +154,37 @@ def step_peak_bytes(runner: StepRunner, x: Tensor, y: Tensor, device: torch.devi
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_steps(
-    runner: StepRunner, batches: list[tuple[Tensor, Tensor]], n: int, start: int, device: torch.device, clock: str = "wall"
-) -> list[float]:
-    """Time ``n`` steps one by one (seconds each), cycling through ``batches`` from ``start``.
-    ``clock``: ``"wall"`` or ``"cpu"`` (process CPU time: steadier on a shared machine)."""
+def time_steps(step: Callable[[int], None], n: int, device: torch.device, clock: str = "wall", start: int = 0) -> list[float]:
+    """The one step timer: call ``step(i)`` for ``i = start, ..., start + n - 1``, one by one, and
+    return each call's seconds (CUDA synchronised around every call). ``clock``: ``"wall"`` or
+    ``"cpu"`` (process CPU time: steadier on a shared machine)."""
     now = CLOCKS[clock]
     times = []
-    for i in range(n):
-        x, y = batches[(start + i) % len(batches)]
+    for i in range(start, start + n):
         _sync(device)
         t0 = now()
-        runner.step(x, y)
+        step(i)
         _sync(device)
         times.append(now() - t0)
     return times
+
+
+def runner_step(runner: StepRunner, batches: list[tuple[Tensor, Tensor]]) -> Callable[[int], None]:
+    """``step(i)`` for :func:`time_steps`: one ``runner.step`` on ``batches[i % len(batches)]``."""
+    return lambda i: runner.step(*batches[i % len(batches)])
+
+
+def throughput(step: Callable[[], None], device: torch.device, batch_size: int, *, warmup: int, steps: int) -> dict[str, float]:
+    """``step()`` ``warmup`` times, then ``steps`` timed calls (:func:`time_steps`): images per
+    second, milliseconds per step and peak CUDA memory over the timed steps (GiB; NaN elsewhere)."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = sum(time_steps(lambda i: step(), steps, device))
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"images_per_s": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps, "peak_mem_gib": peak}
 
 
 def quantile(xs: list[float], q: float) -> float:

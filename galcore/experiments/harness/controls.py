@@ -14,8 +14,8 @@ and the acceptance rule of the other arms of the same seed:
   exactly 0, so this arm measures what routing the step through GAL costs or changes).
 - ``frozen``: h keeps its random initial weights (``TrainConfig.frozen_h``).
 
-A config asks for the placebo with the GAL option ``"placebo": True`` (:func:`placebo`); the
-harness's GAL builder reads it (:func:`pop_h`). Arms that are the same computation
+A config asks for the placebo with ``TrainConfig.placebo`` (:func:`placebo`); the harness's GAL
+builder then passes ``h=NoiseH(h's seed)`` to :func:`galcore.build.build_gal`. Arms that are the same computation
 (bit-identical final weights on every seed) are reported once: :func:`identical_groups`
 finds them, :func:`merge_identical` keeps one row per group and says which arms it stands for.
 """
@@ -31,11 +31,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CONTROLS", "PLACEBO_OPTION", "NoiseH", "control_arms", "describe_merged", "identical_groups", "merge_identical", "placebo",
-           "pop_h", "zero"]
+__all__ = ["CONTROLS", "NoiseH", "control_arms", "describe_merged", "identical_groups", "merge_identical", "placebo", "zero"]
 
-#: the GAL option (in ``TrainConfig.gal``) that replaces h by :class:`NoiseH`
-PLACEBO_OPTION = "placebo"
 #: the control arms :func:`control_arms` can build
 CONTROLS = ("placebo", "zero", "frozen")
 
@@ -68,34 +65,22 @@ class NoiseH(nn.Module):
         return f"seed={self.seed}"
 
 
-def pop_h(options: dict[str, Any], seed: int) -> nn.Module | None:
-    """Remove :data:`PLACEBO_OPTION` from GAL ``options`` (in place) and return the h it asks for:
-    a :class:`NoiseH` seeded with ``seed`` when true, else ``None`` (GAL builds its own h)."""
-    flag = options.pop(PLACEBO_OPTION, False)
-    if not isinstance(flag, bool):
-        raise TypeError(f"gal option {PLACEBO_OPTION!r} must be True or False, got {flag!r}")
-    return NoiseH(seed) if flag else None
-
-
-def _gal_options(cfg: Any, name: str) -> dict[str, Any]:
+def _check_gal(cfg: Any, name: str) -> None:
     if getattr(cfg, "gal", None) is None:
         raise ValueError(f"{name}: give a GAL arm's config (gal options set), not the standard arm's")
-    return dict(cfg.gal)
 
 
 def placebo(cfg: Any) -> Any:
     """``cfg`` (a GAL arm's :class:`~galcore.experiments.harness.TrainConfig`) with h replaced by
     seeded noise: same ratio, scale, acceptance rule and first-order form; no h to train."""
-    opts = _gal_options(cfg, "placebo")
-    opts.pop("frozen_h", None)
-    return replace(cfg, gal={**opts, PLACEBO_OPTION: True}, frozen_h=False, h_optimizer=None, h_lr=None)
+    _check_gal(cfg, "placebo")
+    return replace(cfg, placebo=True, frozen_h=False, h_optimizer=None, h_lr=None)
 
 
 def zero(cfg: Any) -> Any:
     """``cfg`` (a GAL arm's config) at ratio 0: GAL's own path with a zero adjustment."""
-    opts = _gal_options(cfg, "zero")
-    opts.pop(PLACEBO_OPTION, None)
-    return replace(cfg, gal={**opts, "ratio": 0.0})
+    _check_gal(cfg, "zero")
+    return replace(cfg, gal=cfg.gal.replace(ratio=0.0), placebo=False)
 
 
 def control_arms(cfg: Any, which: Sequence[str] = ("placebo", "zero"), prefix: str = "") -> dict[str, Any]:
@@ -104,16 +89,17 @@ def control_arms(cfg: Any, which: Sequence[str] = ("placebo", "zero"), prefix: s
     unknown = [w for w in which if w not in CONTROLS]
     if unknown:
         raise ValueError(f"which: unknown controls {unknown}; use {', '.join(CONTROLS)}")
-    _gal_options(cfg, "control_arms")
+    _check_gal(cfg, "control_arms")
     make = {"placebo": placebo, "zero": zero, "frozen": lambda c: replace(c, frozen_h=True)}
     return {prefix + w: make[w](cfg) for w in which}
 
 
 def identical_groups(finals: pd.DataFrame, by: Sequence[str] = ()) -> list[tuple[Any, ...]]:
-    """Groups of arms whose final weights are bit-identical on every seed they share (from
-    ``weights_hash``), within each group of the ``by`` columns. One tuple per group of two or
-    more arms, each ``(*by values, arm, arm, ...)`` in first-appearance order. Runs with a
-    non-finite test loss are never identical to anything (NaN weights hash alike)."""
+    """Groups of arms whose final weights are bit-identical on every seed they share with the
+    group's first arm (from ``weights_hash``; an arm may run on fewer seeds), within each group
+    of the ``by`` columns. One tuple per group of two or more arms, each ``(*by values, arm, arm,
+    ...)`` in first-appearance order. Runs with a non-finite test loss are never identical to
+    anything (NaN weights hash alike)."""
     if "weights_hash" not in finals.columns:
         return []
     out: list[tuple[Any, ...]] = []
@@ -123,14 +109,18 @@ def identical_groups(finals: pd.DataFrame, by: Sequence[str] = ()) -> list[tuple
         ok = g["weights_hash"].map(lambda h: isinstance(h, str) and bool(h))
         if "test_loss" in g.columns:
             ok &= pd.Series(np.isfinite(pd.to_numeric(g["test_loss"], errors="coerce").to_numpy(dtype=float)), index=g.index)
-        sig: dict[str, tuple[Any, ...] | None] = {}
-        for arm, ga in g.groupby("arm", sort=False):
-            sig[arm] = None if not ok[ga.index].all() else tuple(sorted(zip(ga["seed"], ga["weights_hash"], strict=True)))
-        seen: dict[tuple[Any, ...], list[str]] = {}
-        for arm, s in sig.items():
-            if s is not None:
-                seen.setdefault(s, []).append(arm)
-        out += [(*keys, *arms) for arms in seen.values() if len(arms) > 1]
+        hashes = {arm: ga.set_index("seed")["weights_hash"] for arm, ga in g.groupby("arm", sort=False) if ok[ga.index].all()}
+        heads: list[list[str]] = []
+        for arm, h in hashes.items():
+            for grp in heads:
+                ref = hashes[grp[0]]
+                common = ref.index.intersection(h.index)
+                if len(common) and (ref.loc[common] == h.loc[common]).all():
+                    grp.append(arm)
+                    break
+            else:
+                heads.append([arm])
+        out += [(*keys, *grp) for grp in heads if len(grp) > 1]
     return out
 
 

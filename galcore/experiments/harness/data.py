@@ -13,7 +13,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from galcore.experiments.harness.core import Data
+from galcore.experiments.harness import Data
 
 __all__ = ["digits", "digits_arrays", "mnist1d"]
 
@@ -31,7 +31,7 @@ def digits_arrays(test_size: float = 0.25, split_seed: int = 0) -> tuple[torch.T
 
 
 def digits(test_size: float = 0.25, split_seed: int = 0, normalize: bool = True) -> Data:
-    """The digits classification task as :class:`galcore.experiments.harness.core.Data` (10 outputs).
+    """The digits classification task as :class:`galcore.experiments.harness.Data` (10 outputs).
 
     With ``normalize`` the inputs are standardised with the training split's mean and std.
     """

@@ -48,7 +48,7 @@ def paired_differences(
     ax: Any = None,
 ) -> Any:
     """Per-seed differences ``arm - control`` of ``metric`` (dots), their mean and interval
-    (bar, from ``table``: :func:`galcore.experiments.harness.core.compare`'s rows), the band
+    (bar, from ``table``: :func:`galcore.experiments.harness.compare`'s rows), the band
     ``±margin`` and each row's verdict under its arm. Returns the figure."""
     import matplotlib.pyplot as plt
 

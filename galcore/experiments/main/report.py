@@ -3,7 +3,7 @@
 Every experiment notebook writes ``results/<notebook-stem>/summary.csv`` with the columns of
 :data:`SUMMARY_COLUMNS` (one row per compared setting: the paired difference treatment -
 control over seeds, its interval, the smallest detectable effect, the margin and the verdict;
-:func:`galcore.experiments.harness.core.compare` builds them) and ``conclusion.md`` (a few computed
+:func:`galcore.experiments.harness.compare` builds them) and ``conclusion.md`` (a few computed
 sentences). This module renders them in notebook order, and ``python -m galcore.experiments.main.report --readme README.md`` copies the result into the README
 between the markers ``<!-- results:begin -->`` and ``<!-- results:end -->``.
 """

@@ -14,8 +14,8 @@ Two tasks, both embedded (no download):
 
 Every split is made before training: train / validation (the epoch compared is the one with the
 lowest validation loss, ``TrainConfig.select="val_loss"``) / test. Runs go through the one
-harness (:func:`galcore.experiments.harness.core.run_arms`, comparisons by
-:func:`galcore.experiments.harness.core.compare`).
+harness (:func:`galcore.experiments.harness.run_arms`, comparisons by
+:func:`galcore.experiments.harness.compare`).
 """
 
 from __future__ import annotations
@@ -26,23 +26,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from galcore.experiments.harness import core as harness
-from galcore.experiments.harness.core import Data, Setup, TrainConfig
-from galcore.experiments.harness.data import digits_arrays
+from galcore.config import GALConfig
+from galcore.experiments import harness
+from galcore.experiments.harness import Setup, TrainConfig
 from galcore.experiments.harness.models import MLP, SmallCNN
-from galcore.experiments.harness.optim import current_lr, make_optimizer
 from galcore.experiments.harness.profile import Profile, choose
+from galcore.experiments.regression.data import load
 
 __all__ = [
     "ARMS",
     "COMPARISONS",
-    "DATASETS",
     "ETA",
     "H_LR",
     "H_OPTIMIZER",
@@ -53,33 +49,20 @@ __all__ = [
     "RELEASE_RATIOS",
     "SUMMARY",
     "TAIL",
-    "angle_targets",
-    "angles_of",
-    "angular_error",
     "arms_for",
     "compare_task",
     "conclusion",
     "default_setup",
-    "diabetes",
-    "gal_options",
-    "h_probe",
-    "load",
+    "gal_config",
     "margin_for",
     "margin_fraction",
-    "plot_curves",
-    "plot_examples",
-    "plot_remainder_ratio",
     "release_gains",
     "remainder_ratio",
-    "rotate_images",
-    "rotated_digits",
-    "rotated_digits_arrays",
     "run_task",
     "scale_for",
     "summary_table",
 ]
 
-DATASETS = ("rotated_digits", "diabetes")
 OPTIMIZERS = ("adam", "momentum")
 #: the model's learning rate per optimizer (Adam's defaults otherwise; SGD with momentum 0.9)
 LR: dict[str, float] = {"adam": 1e-3, "momentum": 0.01}
@@ -124,158 +107,6 @@ RELEASE_ERRORS: dict[tuple[str, str], tuple[float, float]] = {
 }
 
 
-# -- data -----------------------------------------------------------------------------------
-def _standardise(tr: Tensor, *others: Tensor, dim: int | None = 0) -> tuple[list[Tensor], Tensor, Tensor]:
-    """``(t - m) / s`` for ``tr`` and each of ``others``, with the training split's mean and std."""
-    if dim is None:
-        m, s = tr.mean(), tr.std()
-    else:
-        m, s = tr.mean(dim=dim, keepdim=True), tr.std(dim=dim, keepdim=True)
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    return [(t - m) / s for t in (tr, *others)], m, s
-
-
-def _split(n: int, fraction: float, seed: int, stratify: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
-    """Indices ``(keep, held_out)`` with ``fraction`` of ``n`` rows held out (fixed by ``seed``)."""
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < fraction < 1:
-        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
-    keep, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=stratify)
-    return torch.as_tensor(keep), torch.as_tensor(held)
-
-
-def diabetes(test_size: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0) -> Data:
-    """scikit-learn's diabetes table (442 patients x 10 features; target a disease-progression
-    score): one output. Test = ``test_size`` of the rows, validation = ``val_fraction`` of the
-    rest. x (N, 10) and y (N, 1) standardised with the training rows' statistics; ``y_scale``
-    is the training target's std (score points)."""
-    from sklearn.datasets import load_diabetes
-
-    bunch = load_diabetes(scaled=False)
-    x = torch.tensor(bunch.data, dtype=torch.float32)
-    y = torch.tensor(bunch.target, dtype=torch.float32).reshape(-1, 1)
-    rest, te = _split(len(y), test_size, split_seed)
-    tr_i, va_i = _split(len(rest), val_fraction, split_seed)
-    tr, va = rest[tr_i], rest[va_i]
-    (x_tr, x_va, x_te), _, _ = _standardise(x[tr], x[va], x[te])
-    (y_tr, y_va, y_te), _, y_std = _standardise(y[tr], y[va], y[te])
-    return Data(f"diabetes-{test_size}-{val_fraction}-{split_seed}", x_tr, y_tr, x_te, y_te, num_outputs=1,
-                y_scale=float(y_std), x_val=x_va, y_val=y_va)
-
-
-def rotate_images(images: Tensor, angles_deg: Tensor) -> Tensor:
-    """Rotate each image counter-clockwise (as displayed, row 0 at the top) about its centre.
-
-    Args:
-        images: (N, C, H, W) float.
-        angles_deg: (N,) angles in degrees.
-    Returns:
-        (N, C, H, W), bilinear, zeros outside. One batched ``grid_sample``, no loop.
-    """
-    if images.ndim != 4 or angles_deg.shape != (images.shape[0],):
-        raise ValueError(
-            f"need images (N, C, H, W) and angles (N,), got {tuple(images.shape)} and {tuple(angles_deg.shape)}"
-        )
-    t = torch.deg2rad(angles_deg.to(images.dtype))
-    c, s = torch.cos(t), torch.sin(t)
-    zero = torch.zeros_like(t)
-    # output pixel p samples the input at R p (x right, y down): a clockwise matrix in y-down
-    # coordinates, so the content turns counter-clockwise on screen.
-    theta = torch.stack([torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1)], -2)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def angle_targets(angles_deg: Tensor) -> Tensor:
-    """(N,) angles in degrees -> (N, 2) targets ``(cos t, sin t)`` on the unit circle."""
-    t = torch.deg2rad(angles_deg.reshape(-1).to(torch.float32))
-    return torch.stack([torch.cos(t), torch.sin(t)], dim=1)
-
-
-def angles_of(outputs: Tensor) -> Tensor:
-    """(N, 2) predicted ``(cos, sin)`` -> (N,) angles in degrees, ``atan2(sin, cos)``."""
-    if outputs.ndim != 2 or outputs.shape[1] != 2:
-        raise ValueError(f"outputs must be (N, 2) (cos, sin), got {tuple(outputs.shape)}")
-    return torch.rad2deg(torch.atan2(outputs[:, 1], outputs[:, 0]))
-
-
-def angular_error(outputs: Tensor, angles_deg: Tensor) -> Tensor:
-    """(N,) absolute angle between the predicted direction and the true angle, degrees in [0, 180]."""
-    d = angles_of(outputs) - angles_deg.reshape(-1).to(outputs.dtype)
-    return torch.remainder(d + 180.0, 360.0).sub(180.0).abs()
-
-
-def rotated_digits_arrays(
-    copies: int = 1,
-    size: int = 8,
-    max_angle: float = 90.0,
-    angle_seed: int = 0,
-    test_size: float = 0.25,
-    split_seed: int = 0,
-    val_fraction: float = 0.2,
-    eval_copies: int = 1,
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """Rotated digits before standardisation: ``{"train" | "val" | "test": (x, angle)}``, x
-    (N, 1, size, size) in [0, 1], angle (N,) in degrees (counter-clockwise).
-
-    The digits' stratified train/test split, then ``val_fraction`` of the training digits
-    (stratified) held out for validation, so no digit image is in two splits. Each training
-    digit gives ``copies`` rotated images, each validation and test digit ``eval_copies``
-    (independent angles, uniform in ``[-max_angle, max_angle]``, one generator seeded with
-    ``angle_seed``, drawn train, val, test). ``size`` > 8 upsamples (bilinear) before rotating.
-    """
-    if copies < 1 or eval_copies < 1 or size < 8 or not 0 < max_angle <= 180:
-        raise ValueError("copies >= 1, eval_copies >= 1, size >= 8 and 0 < max_angle <= 180 are required")
-    x_tr, lab_tr, x_te, _ = digits_arrays(test_size, split_seed)
-    keep, held = _split(len(x_tr), val_fraction, split_seed, stratify=lab_tr.numpy())
-    gen = torch.Generator().manual_seed(angle_seed)
-
-    def make(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        if size != 8:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        x = x.repeat_interleave(k, dim=0)
-        ang = (torch.rand(len(x), generator=gen) * 2 - 1) * max_angle
-        return rotate_images(x, ang), ang
-
-    return {"train": make(x_tr[keep], copies), "val": make(x_tr[held], eval_copies), "test": make(x_te, eval_copies)}
-
-
-def rotated_digits(
-    copies: int = 1,
-    size: int = 8,
-    max_angle: float = 90.0,
-    angle_seed: int = 0,
-    test_size: float = 0.25,
-    split_seed: int = 0,
-    val_fraction: float = 0.2,
-    eval_copies: int = 1,
-) -> Data:
-    """Digits rotated by a random angle t; predict ``(cos t, sin t)`` (two outputs).
-
-    See :func:`rotated_digits_arrays` for the splits. x (N, 1, size, size) standardised (one
-    pixel mean/std of the training images); y (N, 2) on the unit circle, not standardised
-    (``y_scale = 1``: errors are in units of the circle's radius).
-    """
-    parts = rotated_digits_arrays(copies, size, max_angle, angle_seed, test_size, split_seed, val_fraction, eval_copies)
-    (x_tr, x_va, x_te), _, _ = _standardise(parts["train"][0], parts["val"][0], parts["test"][0], dim=None)
-    y_tr, y_va, y_te = (angle_targets(parts[k][1]) for k in ("train", "val", "test"))
-    name = f"rotated_digits-{copies}-{size}-{max_angle:g}-{angle_seed}-{test_size}-{split_seed}-{val_fraction}-{eval_copies}"
-    return Data(name, x_tr, y_tr, x_te, y_te, num_outputs=2, x_val=x_va, y_val=y_va)
-
-
-def load(dataset: str, profile: Profile | None = None) -> Data:
-    """A dataset by name at the profile's scale (``rotated_digits``: 8x8, one rotated copy per
-    training digit and two per validation/test digit in smoke/default; 16x16 with 4 copies in
-    full)."""
-    if dataset == "diabetes":
-        return diabetes()
-    if dataset == "rotated_digits":
-        copies, size, eval_copies = choose((1, 8, 2), (1, 8, 2), (4, 16, 4), profile=profile)
-        return rotated_digits(copies=copies, size=size, eval_copies=eval_copies)
-    raise ValueError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-
-
 # -- setup and arms -------------------------------------------------------------------------
 def _mlp(in_features: int, outputs: int) -> nn.Module:
     return MLP(in_features, outputs, hidden=(64, 64))
@@ -316,23 +147,23 @@ def scale_for(optimizer: str) -> float:
     return ETA / LR[optimizer]
 
 
-def gal_options(ratio: float = RATIO, scale: float = 1.0, **kw: Any) -> dict[str, Any]:
+def gal_config(ratio: float = RATIO, scale: float = 1.0, **kw: Any) -> GALConfig:
     """GAL's options in this notebook: ``ratio``, ``scale`` and ``track_plain=True`` (each step
     also records the remainder the plain step would have had, for the remainder ratio). The
     rest are GAL's defaults (release-shaped linear h, exact first-order term, accept only a
     step that does not raise the batch loss, float64 arithmetic)."""
-    return {"ratio": ratio, "scale": scale, "track_plain": True, **kw}
+    return GALConfig(ratio=ratio, scale=scale, track_plain=True, **kw)
 
 
-def arms_for(setup: Setup, optimizer: str = "adam", gal: Mapping[str, Any] | None = None) -> dict[str, TrainConfig]:
+def arms_for(setup: Setup, optimizer: str = "adam", gal: GALConfig | Mapping[str, Any] | None = None) -> dict[str, TrainConfig]:
     """:data:`ARMS` for one optimizer (lr from :data:`LR`; GAL's options ``gal``, default
-    :func:`gal_options` with :func:`scale_for` the optimizer): ``standard``; ``gal`` (h trained by
+    :func:`gal_config` with :func:`scale_for` the optimizer): ``standard``; ``gal`` (h trained by
     its own :data:`H_OPTIMIZER` at :data:`H_LR`); ``gal_frozen`` (h kept at its random
     initialisation, drawn exactly as in ``gal``)."""
     if optimizer not in LR:
         raise ValueError(f"optimizer must be one of {', '.join(LR)}, got {optimizer!r}")
     base = replace(setup.base, optimizer=optimizer, lr=LR[optimizer], gal=None)
-    opts = dict(gal_options(scale=scale_for(optimizer)) if gal is None else gal)
+    opts = gal_config(scale=scale_for(optimizer)) if gal is None else GALConfig.from_any(gal)
     return {
         "standard": base,
         "gal": replace(base, gal=opts, h_optimizer=H_OPTIMIZER, h_lr=H_LR),
@@ -555,143 +386,3 @@ def conclusion(table: pd.DataFrame, probes: Mapping[str, Mapping[str, float]] | 
     return "\n\n".join(h.strip() for h in head) + "\n\n" + "\n".join(lines)
 
 
-# -- what h receives ----------------------------------------------------------------------------
-def h_probe(cfg: TrainConfig, setup: Setup, *, epochs: int | None = None) -> dict[str, float]:
-    """Train one GAL run by hand, as :func:`harness.run` trains ``cfg`` (same seeding, h drawn by
-    :func:`harness.build_gal`, same optimizers and batches), and measure what h receives.
-
-    Returns host floats (read once at the end):
-        ``outputs``: C. ``steps``: optimizer steps.
-        ``h_grad_median`` / ``h_grad_max``: the norm of h's gradient (all its parameters) per
-        step, median and largest. ``model_grad_median``: the model's, for scale.
-        ``h_drift``: the largest absolute change of any h weight over the run.
-        ``h_eps``: the ``eps`` of h's optimizer when it has one (Adam: steps are about
-        ``lr * grad / (|grad| + eps)``, so a gradient far below eps barely moves h), else NaN.
-        ``accept_rate``; ``remainder_ratio``: mean |remainder| of the adjusted steps over the
-        plain steps' (needs ``track_plain``); ``test_rmse`` at the last epoch.
-    """
-    if cfg.gal is None:
-        raise ValueError("cfg must be a GAL arm (cfg.gal set)")
-    data = setup.data
-    torch.manual_seed(cfg.seed)
-    model = setup.model_fn()
-    gal = harness.build_gal(cfg, model, data.num_outputs, torch.device("cpu"))
-    assert gal is not None and not isinstance(gal, harness.ParamGAL)
-    h_params = [p for p in gal.h.parameters() if p.requires_grad]
-    h0 = [p.detach().clone() for p in gal.h.parameters()]
-    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
-    h_opt = None
-    if h_params and cfg.h_optimizer is None and cfg.h_lr is None:
-        groups.append({"params": h_params})
-    elif h_params:
-        h_opt = make_optimizer(cfg.h_optimizer or "momentum", h_params, cfg.h_lr if cfg.h_lr is not None else cfg.lr)
-    opt = make_optimizer(cfg.optimizer, groups, cfg.lr, **dict(cfg.optimizer_kwargs))
-    loss_fn = harness.loss_function(cfg.loss)
-    x, y = data.x_train, data.y_train
-    gen = torch.Generator().manual_seed(cfg.seed)
-    h_norms, m_norms, accepted, rem, rem_plain = [], [], [], [], []
-    zero = torch.zeros((), dtype=torch.float64)
-    for _ in range(cfg.epochs if epochs is None else epochs):
-        model.train()
-        for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
-            opt.zero_grad(set_to_none=True)
-            if h_opt is not None:
-                h_opt.zero_grad(set_to_none=True)
-            rec = gal.backward(model(x[idx]), lambda o, yb=y[idx]: loss_fn(o, yb), current_lr(opt))
-            with torch.no_grad():
-                h_norms.append(torch.sqrt(sum(((p.grad.double() ** 2).sum() for p in h_params if p.grad is not None), zero)))
-                m_norms.append(torch.sqrt(sum(((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None), zero)))
-            accepted.append(rec.accepted)
-            rem.append(rec.remainder.abs())
-            rem_plain.append(rec.remainder_plain.abs() if rec.remainder_plain is not None else torch.tensor(float("nan")))
-            opt.step()
-            if h_opt is not None:
-                h_opt.step()
-    with torch.no_grad():
-        drift = max(float((p - p0).abs().max()) for p, p0 in zip(gal.h.parameters(), h0, strict=True))
-        model.eval()
-        rmse = float((model(data.x_test) - data.y_test).pow(2).mean().sqrt())
-    hn, mn = torch.stack(h_norms), torch.stack(m_norms)
-    eps = float(h_opt.defaults.get("eps", math.nan)) if h_opt is not None else math.nan
-    return {
-        "outputs": float(data.num_outputs),
-        "steps": float(len(h_norms)),
-        "h_grad_median": float(hn.median()),
-        "h_grad_max": float(hn.max()),
-        "model_grad_median": float(mn.median()),
-        "h_drift": drift,
-        "h_eps": eps,
-        "accept_rate": float(torch.stack(accepted).double().mean()),
-        "remainder_ratio": float(torch.stack(rem).double().mean() / torch.stack(rem_plain).double().mean()),
-        "test_rmse": rmse,
-    }
-
-
-# -- figures ----------------------------------------------------------------------------------
-def plot_examples(x: Tensor, angles: Tensor, n: int = 8) -> Any:
-    """The first ``n`` rotated digits (x (N, 1, s, s), angles (N,) degrees), each titled with its
-    angle and with the target direction ``(cos t, sin t)`` drawn as an arrow. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.7))
-    for i, ax in enumerate(np.atleast_1d(axes)):
-        s = x.shape[-1]
-        ax.imshow(x[i, 0], cmap="gray_r")
-        t = math.radians(float(angles[i]))
-        c = (s - 1) / 2
-        ax.annotate("", xy=(c + 0.45 * s * math.cos(t), c - 0.45 * s * math.sin(t)), xytext=(c, c),
-                    arrowprops={"arrowstyle": "->", "color": "tab:red", "lw": 1.5})
-        ax.set_title(f"{float(angles[i]):+.0f}°", fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-_COLORS = {"standard": "tab:blue", "gal": "tab:red", "gal_frozen": "tab:gray"}
-
-
-def plot_curves(hists: pd.DataFrame, finals: pd.DataFrame, metric: str = "test_rmse") -> Any:
-    """One panel per (dataset, optimizer): ``metric`` per epoch, mean over seeds, per arm, with
-    each arm's mean selected epoch (lowest validation loss) marked. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    groups = list(hists.groupby(["dataset", "optimizer"], sort=False))
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.1), squeeze=False)
-    for ax, ((ds, opt), g) in zip(axes.flat, groups, strict=True):
-        for arm, color in _COLORS.items():
-            m = g[g["arm"] == arm].groupby("epoch")[metric].mean()
-            if m.empty:
-                continue
-            ax.plot(m.index, m.to_numpy(), color=color, label=arm)
-            sel = finals[(finals["dataset"] == ds) & (finals["optimizer"] == opt) & (finals["arm"] == arm)]
-            if "best_epoch" in sel and len(sel):
-                e = round(float(sel["best_epoch"].mean()))
-                ax.plot([e], [m.loc[e]], "o", color=color, ms=5)
-        ax.set_title(f"{ds} / {opt}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_remainder_ratio(hists: pd.DataFrame) -> Any:
-    """Per (dataset, optimizer): epoch mean |remainder| of the adjusted step over the plain
-    step's, mean over seeds, learned h vs frozen h. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    gal = hists[hists["arm"].isin(["gal", "gal_frozen"])].dropna(subset=["remainder_abs", "remainder_plain_abs"])
-    groups = list(gal.groupby(["dataset", "optimizer"], sort=False))
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.1), squeeze=False)
-    for ax, ((ds, opt), g) in zip(axes.flat, groups, strict=True):
-        for arm in ("gal", "gal_frozen"):
-            a = g[g["arm"] == arm]
-            ratio = (a["remainder_abs"] / a["remainder_plain_abs"]).groupby(a["epoch"]).mean()
-            ax.plot(ratio.index, ratio.to_numpy(), color=_COLORS[arm], label=arm)
-        ax.axhline(1.0, color="k", lw=0.7)
-        ax.set_title(f"{ds} / {opt}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("|R adjusted| / |R plain|")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig

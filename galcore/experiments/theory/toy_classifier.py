@@ -2,7 +2,7 @@
 
 The question it answers: does h actually *learn* to make the output-space remainder small, or
 would any fixed direction of the same size do as well? It runs on the one harness
-(:func:`galcore.experiments.harness.core.run_arms`), which gives every arm of a seed the same model
+(:func:`galcore.experiments.harness.run_arms`), which gives every arm of a seed the same model
 weights, the same h weights (GAL's seed ``10_000 + seed``) and the same batch order. The arms
 (:func:`classifier_arms`):
 
@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from galcore.experiments.harness.core import H_SEED_OFFSET, Data, TrainConfig
+from galcore.experiments.harness import H_SEED_OFFSET, Data, TrainConfig
 
 __all__ = [
     "ARMS",

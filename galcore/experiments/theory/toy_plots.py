@@ -187,7 +187,7 @@ def plot_taylor_grid(grid: TaylorGrid, title: str = "") -> Figure:
 
 
 def plot_classifier(hists: pd.DataFrame) -> Figure:
-    """Per epoch, mean over seeds (``hists`` from :func:`galcore.experiments.harness.core.run_arms`):
+    """Per epoch, mean over seeds (``hists`` from :func:`galcore.experiments.harness.run_arms`):
     GAL's acceptance rate, the relative remainder ``R / R_plain - 1`` of its tentative step, and
     every arm's test loss."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
