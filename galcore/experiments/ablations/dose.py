@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from galcore.experiments.ablations.study import OUT, Study, gal_arm, setup
+from galcore.experiments.ablations.plan import OUT, Study, gal_arm, setup
 from galcore.experiments.harness import controls, run_arms
 from galcore.experiments.harness.profile import Profile, get_profile
 
