@@ -12,6 +12,7 @@ from torch import nn
 
 from galcore import GAL
 from galcore.experiments.harness import Data, TrainConfig, build_gal, controls, run, run_arms
+from galcore.experiments.harness.placebo import placebo_arm
 
 
 @pytest.fixture(autouse=True)
@@ -44,12 +45,12 @@ def test_noise_h_is_parameter_free_seeded_and_leaves_the_global_stream():
     a, b = h(x), h(x)
     assert torch.equal(torch.random.get_rng_state(), before)  # its own generator
     assert a.shape == x.shape and a.dtype == x.dtype and not torch.equal(a, b)
-    h.reset()
-    assert torch.equal(h(x), a)
+    assert torch.equal(controls.NoiseH(3)(x), a)  # the same seed: the same stream
     assert not torch.equal(controls.NoiseH(4)(x), a)
     assert h(torch.zeros(2, 3, dtype=torch.float64)).dtype == torch.float64
     with pytest.raises(TypeError, match="seed"):
         controls.NoiseH(1.5)  # type: ignore[arg-type]
+    assert controls.placebo(GAL_CFG).placebo and placebo_arm(GAL_CFG).gal == controls.placebo(GAL_CFG).gal
 
 
 def test_placebo_direction_has_the_gal_norm_and_no_h_parameters():

@@ -6,16 +6,18 @@ method is taken away, each seeded so that it keeps the init, the data order, the
 and the acceptance rule of the other arms of the same seed:
 
 - ``placebo``: a random direction per sample per step, rescaled like h's to norm ``r ||g_i||``,
-  through the same acceptance rule, no h. Implemented as GAL with ``h=`` :class:`NoiseH`, a
-  parameter-free module returning seeded standard-normal noise of its input's shape from its
-  own ``torch.Generator`` (seeded from the run's seed with the harness's h-seed rule, on the
-  input's device), so the global random stream is the one every other arm sees.
+  through the same acceptance rule, no h. Implemented as GAL with ``h=`` :data:`NoiseH`
+  (:class:`galcore.experiments.harness.placebo.RandomDirection`), a parameter-free module
+  returning seeded standard-normal noise of its input's shape from its own ``torch.Generator``
+  (seeded from the run's seed with the harness's h-seed rule, on the input's device), so the
+  global random stream is the one every other arm sees.
 - ``zero``: ratio 0 through GAL's own path (the floor of GAL's arithmetic: the adjustment is
   exactly 0, so this arm measures what routing the step through GAL costs or changes).
 - ``frozen``: h keeps its random initial weights (``TrainConfig.frozen_h``).
 
 A config asks for the placebo with ``TrainConfig.placebo`` (:func:`placebo`); the harness's GAL
-builder then passes ``h=NoiseH(h's seed)`` to :func:`galcore.build.build_gal`. Arms that are the same computation
+builder then passes that h to :func:`galcore.build.build_gal`
+(:func:`galcore.experiments.harness.placebo.placebo_h`). Arms that are the same computation
 (bit-identical final weights on every seed) are reported once: :func:`identical_groups`
 finds them, :func:`merge_identical` keeps one row per group and says which arms it stands for.
 """
@@ -28,8 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import Tensor, nn
+
+from galcore.experiments.harness.placebo import RandomDirection
 
 __all__ = ["CONTROLS", "NoiseH", "control_arms", "describe_merged", "identical_groups", "merge_identical", "placebo", "zero"]
 
@@ -37,32 +39,10 @@ __all__ = ["CONTROLS", "NoiseH", "control_arms", "describe_merged", "identical_g
 CONTROLS = ("placebo", "zero", "frozen")
 
 
-class NoiseH(nn.Module):
-    """A parameter-free h: ``forward(x)`` is standard-normal noise shaped like ``x`` (any shape,
-    the input's dtype and device), drawn from this module's own generator, seeded with ``seed``
-    on the first call on a device (re-seeded when the device changes). GAL rescales each
-    vector to ``r ||g_i||``, so only the noise's direction matters: a uniformly random direction
-    per sample per step. The global random stream is not touched."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        self.seed = seed
-        self._gen: torch.Generator | None = None
-
-    def reset(self) -> None:
-        """Start the noise stream again from ``seed``."""
-        self._gen = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self._gen is None or self._gen.device != x.device:
-            self._gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        dtype = x.dtype if x.is_floating_point() else torch.float32
-        return torch.randn(x.shape, generator=self._gen, device=x.device, dtype=dtype)
-
-    def extra_repr(self) -> str:
-        return f"seed={self.seed}"
+#: the placebo's h: seeded standard-normal noise shaped like its input, from its own generator
+#: (:class:`galcore.experiments.harness.placebo.RandomDirection`; the harness builds it for
+#: ``TrainConfig.placebo``, sequential and stacked runs alike)
+NoiseH = RandomDirection
 
 
 def _check_gal(cfg: Any, name: str) -> None:

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from galcore import build
-from galcore.experiments.harness import controls
 from galcore.experiments.harness.cache import cache_key, cached
 from galcore.experiments.harness.config import LOSSES, Data, RunResult, TrainConfig
 from galcore.experiments.harness.hashing import state_hash
 from galcore.experiments.harness.optim import current_lr, make_optimizer
+from galcore.experiments.harness.placebo import placebo_h
 from galcore.experiments.harness.progress import progress as progress_bar
 from galcore.gal import GAL, GALStep, ParamGAL
 from galcore.remainder import RemainderProbe
@@ -117,8 +117,8 @@ def build_gal(cfg: TrainConfig, model: nn.Module, num_outputs: int, device: torc
     if cfg.gal is None:
         return None
     where = {"model": model} if cfg.space == "parameter" else {"output_dim": num_outputs}
-    h = controls.NoiseH(build.h_seed(cfg.gal, cfg.seed)) if cfg.placebo else None  # the placebo control
-    return build.build_gal(cfg.gal, run_seed=cfg.seed, frozen=cfg.frozen_h, h=h, device=device, **where)
+    h = placebo_h(cfg)  # the placebo arm: a seeded random direction instead of h
+    return build.build_gal(cfg.gal, run_seed=cfg.seed, frozen=cfg.frozen_h, device=device, h=h, **where)
 
 
 def optimizers(cfg: TrainConfig, model: nn.Module, gal: GAL | ParamGAL | None) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
