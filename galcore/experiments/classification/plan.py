@@ -142,18 +142,19 @@ _DIGITS_PLAN: dict[str, dict[str, Any]] = {
 }
 #: MNIST-1D per profile. ``passes``: passes over the training set per harness epoch. ``seeds``:
 #: the headline arms' seeds per optimizer; ``arm_seeds``: arms run on the first k of them only;
-#: ``bound_seeds``: seeds of the h-gradient-bound runs. Default, sized from the pilot
-#: (:data:`PILOT_SEEDS`; the notebook reruns the calculation): SGD+momentum so that TOST at the
-#: 0.08-point margin has 80% power for GAL - standard and GAL - placebo (mde <= 0.08 at the pilot's
-#: paired SDs); Adam's GAL - standard so that its mde reaches :data:`TARGET_MDE_ADAM`, its placebo
-#: on the pilot's seeds; ``zero`` (bit-identical to standard on every pilot seed) and ``gal_sum``
-#: on 8 seeds. Those cuts keep notebook 02 within its share of the main job on one CPU thread.
+#: ``bound_seeds``: seeds of the h-gradient-bound runs. Every MNIST-1D arm trains stacked over
+#: seeds (:func:`galcore.experiments.harness.stacked.run_arms_stacked`). Default, sized from the
+#: pilot (:data:`PILOT_SEEDS`; the notebook reruns the calculation): SGD+momentum so that TOST at
+#: the 0.08-point margin has 80% power for GAL - placebo, the estimand that isolates h (and so for
+#: GAL - standard, whose pilot SD was smaller); Adam so that GAL - standard's mde reaches
+#: :data:`TARGET_MDE_ADAM`; ``zero`` (bit-identical to standard on every pilot seed) and
+#: ``gal_sum`` on the pilot's seeds.
 _MNIST1D_PLAN: dict[str, dict[str, Any]] = {
     "smoke": {"n_train": 1000, "n_test": 1000, "passes": 1, "epochs": 2, "milestones": (), "batch_size": 100,
               "seeds": {"SGD+momentum": 3, "Adam": 3}, "arm_seeds": {}, "bound_seeds": 1},
     "default": {"n_train": 4000, "n_test": 20000, "passes": 5, "epochs": 6, "milestones": (4, 5), "batch_size": 100,
-                "seeds": {"SGD+momentum": 116, "Adam": 56},
-                "arm_seeds": {"SGD+momentum": {"zero": 8, "gal_sum": 8}, "Adam": {"placebo": 16}}, "bound_seeds": 1},
+                "seeds": {"SGD+momentum": 121, "Adam": 56}, "arm_seeds": {"SGD+momentum": {"zero": 16, "gal_sum": 16}},
+                "bound_seeds": 1},
     "full": {"n_train": 4000, "n_test": 50000, "passes": 5, "epochs": 6, "milestones": (4, 5), "batch_size": 100,
              "seeds": {"SGD+momentum": 200, "Adam": 100}, "arm_seeds": {}, "bound_seeds": 4},
 }
@@ -320,7 +321,7 @@ def benchmarks(profile: Profile | None = None) -> list[Benchmark]:
     out = [Benchmark(
         "mnist1d", mnist1d_setup(p), {k: MNIST1D_OPTIMIZERS[k] for k in m_plan["seeds"]},
         {k: tuple(range(n)) for k, n in m_plan["seeds"].items()}, arms={"Adam": SHORT_ARMS}, passes=int(m_plan["passes"]),
-        notes={"n_train": m_plan["n_train"], "n_test": m_plan["n_test"], "bound_seeds": m_plan["bound_seeds"]},
+        notes={"n_train": m_plan["n_train"], "n_test": m_plan["n_test"], "bound_seeds": m_plan["bound_seeds"], "stacked": True},
         arm_seeds={k: dict(v) for k, v in m_plan["arm_seeds"].items()},
     )]  # fmt: skip
     d_setup = _digits_setup(_DIGITS_PLAN["smoke" if p == "smoke" else "default"], "smallcnn")

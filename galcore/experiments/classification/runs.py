@@ -21,17 +21,26 @@ from galcore.experiments.harness import TrainConfig, run_arms
 from galcore.experiments.harness.data import mnist1d
 from galcore.experiments.harness.profile import Profile, get_profile
 
-__all__ = ["baseline_check", "bound_runs", "imagenet_root", "run_benchmark", "run_imagenet"]
+__all__ = ["STACK", "baseline_check", "bound_runs", "imagenet_root", "run_benchmark", "run_imagenet"]
+
+#: seeds trained together in a stacked run (per seed, 128 ran slower than 32 on a CPU: cache)
+STACK = 32
 
 
 # -- running -------------------------------------------------------------------------------------
 def run_benchmark(bench: Benchmark, *, cache: bool = True, progress: bool = True,
-                  optimizers: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  optimizers: Sequence[str] | None = None, stacked: bool | None = None,
+                  stack: int = STACK) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every arm x seed of every optimizer of ``bench`` (each arm on :meth:`Benchmark.seeds_of`;
     harness ``run_arms``; loader data
     through :func:`galcore.experiments.classification.fullscale.run_loader_arms`). Returns ``(finals,
     histories)`` with ``data`` and ``optimizer`` columns first, and ``passes`` (passes over the
-    training set) in the histories."""
+    training set) in the histories. ``stacked`` (default: the benchmark's ``notes["stacked"]``):
+    train every arm's seeds ``stack`` at a time in one process
+    (:func:`galcore.experiments.harness.stacked.run_arms_stacked`; no cache), all arms of the
+    benchmark the same way, so that paired differences and identical-weight checks compare runs
+    of one kind."""
+    use_stacked = bool(bench.notes.get("stacked", False)) if stacked is None else bool(stacked)
     finals, hists = [], []
     for name in optimizers or list(bench.optimizers):
         arms = arms_for(bench, name)
@@ -42,6 +51,10 @@ def run_benchmark(bench: Benchmark, *, cache: bool = True, progress: bool = True
         for seeds, group in groups.items():
             if is_fullscale(bench.setup):
                 f, h = run_loader_arms(group, seeds, bench.setup.data, bench.setup.model_fn, cache=cache, progress=progress)  # type: ignore[arg-type]
+            elif use_stacked:
+                from galcore.experiments.harness.stacked import run_arms_stacked
+
+                f, h = run_arms_stacked(group, seeds, bench.setup.data, bench.setup.model_fn, stack=stack, progress=progress)
             else:
                 f, h = run_arms(group, seeds, bench.setup.data, bench.setup.model_fn, cache=cache, progress=progress)
             fs.append(f)
