@@ -186,6 +186,7 @@ def test_run_benchmark_frames_and_passes():
                 "verdict", "seeds_needed", "outputs", "accept_rate", "overhead_ratio"):
         assert col in summary.columns, col
     assert (summary["outputs"] == 10).all() and (summary["overhead_ratio"] > 0).all()
+    assert set(summary["arm"]) == set(table["estimand"]) and (summary["arm"] == summary["treatment"] + " - " + summary["control"]).all()
 
 
 def _synthetic_finals(diffs_err, diffs_nll, base_err=5.0, base_nll=0.2):

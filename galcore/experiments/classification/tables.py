@@ -189,14 +189,17 @@ def sizing_table(table: pd.DataFrame, targets: dict[str, float] | None = None) -
 
 
 def summary_frame(table: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``results/02_classification/summary.csv``: descriptors, the report's
+    """The rows of ``results/02_classification/summary.csv``: descriptors (``arm`` is the
+    estimand, e.g. ``"gal - placebo"``; ``treatment`` and ``control`` its arms), the report's
     columns, the treatment arm's acceptance rate and its CPU-time ratio to standard."""
     over = overhead_table(finals)
     acc = finals.groupby(["data", "optimizer", "arm"], sort=False)["accept_rate_mean"].mean().rename("accept_rate")
     out = table.merge(acc.reset_index(), on=["data", "optimizer", "arm"], how="left")
     out = out.merge(over[["data", "optimizer", "arm", "cpu_ratio"]].rename(columns={"cpu_ratio": "overhead_ratio"}),
                     on=["data", "optimizer", "arm"], how="left")
-    cols = ["data", "optimizer", "estimand", "arm", "control", "metric", "mean_control", "mean_treatment", "mean_diff", "low",
+    out = out.rename(columns={"arm": "treatment"})
+    out["arm"] = out["estimand"]  # the report's descriptor: which comparison the row is ("gal - placebo")
+    cols = ["data", "optimizer", "arm", "treatment", "control", "metric", "mean_control", "mean_treatment", "mean_diff", "low",
             "high", "p_value", "n", "sd_diff", "mde", "margin", "verdict", "seeds_needed", "outputs", "accept_rate",
             "overhead_ratio"]
     return out[[c for c in cols if c in out.columns]]
