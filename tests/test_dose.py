@@ -33,6 +33,11 @@ def test_slopes_recover_known_slopes_and_their_difference():
     assert same["low"] < 0 < same["high"]
     assert "includes 0" in dose.dose_text(dose.slopes(_finals(0.1, 0.1)))
     assert dose.slopes(_finals(0.1, 0.1, seeds=1)).empty  # one seed: no interval
+    bad = _finals(0.2, 0.05)
+    bad.loc[(bad["arm"] == "r=0.1 | gal") & (bad["seed"] == 3), "test_loss"] = float("inf")  # a diverged run
+    t2 = dose.slopes(bad).set_index("term")
+    assert t2.loc["gal", "diverged_excluded"] == 1 and t2.loc["gal", "runs"] == 59
+    assert t2.loc["gal", "slope"] == pytest.approx(0.2, abs=0.01) and "1 diverged runs left out" in dose.dose_text(t2.reset_index())
 
 
 def test_dose_study_arms_pair_gal_with_its_placebo():

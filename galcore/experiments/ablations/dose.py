@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from galcore.experiments.ablations.mechanism import diverged
 from galcore.experiments.ablations.plan import OUT, Study, gal_arm, setup
 from galcore.experiments.harness import controls, run_arms
 from galcore.experiments.harness.profile import Profile, get_profile
@@ -60,18 +61,20 @@ def run_dose(study: Study, *, cache: bool = True, progress: bool = True) -> pd.D
     return f
 
 
-def paired(finals: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per treatment run: ``seed``, ``ratio``, ``kind`` and ``d`` = its ``metric`` minus
-    the standard run's of the same seed (non-finite differences dropped)."""
-    base = finals[finals["arm"] == "standard"].set_index("seed")[metric]
+def paired(finals: pd.DataFrame, metric: str, num_outputs: int = 10) -> pd.DataFrame:
+    """One row per treatment run: ``seed``, ``ratio``, ``kind``, ``d`` = its ``metric`` minus the
+    standard run's of the same seed, and ``diverged`` (the treatment or its standard run diverged,
+    :func:`galcore.experiments.ablations.mechanism.diverged`, or ``d`` is not finite)."""
+    std = finals[finals["arm"] == "standard"].set_index("seed")
     rows = []
-    for r in finals[finals["arm"] != "standard"].itertuples():
-        ratio, kind = (p.strip() for p in r.arm.split("|"))
-        if r.seed in base.index:
-            rows.append({"seed": r.seed, "ratio": float(ratio.removeprefix("r=")), "kind": kind,
-                         "d": float(getattr(r, metric)) - float(base[r.seed])})
-    out = pd.DataFrame(rows)
-    return out[np.isfinite(out["d"])].reset_index(drop=True) if len(out) else out
+    for _, r in finals[finals["arm"] != "standard"].iterrows():
+        ratio, kind = (p.strip() for p in str(r["arm"]).split("|"))
+        if r["seed"] in std.index:
+            b = std.loc[r["seed"]]
+            d = float(r[metric]) - float(b[metric])
+            bad = diverged(r.to_dict(), num_outputs) or diverged(b.to_dict(), num_outputs) or not math.isfinite(d)
+            rows.append({"seed": r["seed"], "ratio": float(ratio.removeprefix("r=")), "kind": kind, "d": d, "diverged": bad})
+    return pd.DataFrame(rows, columns=["seed", "ratio", "kind", "d", "diverged"])
 
 
 def _cluster_ols(y: np.ndarray, x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -93,9 +96,12 @@ def slopes(finals: pd.DataFrame, metric: str = "test_loss", level: float = 0.95)
     """The pooled regression of the paired difference on ``log10 r`` (module docstring): rows
     ``gal``, ``placebo`` (each kind's slope per decade of r) and ``gal - placebo`` (the slope
     difference), with ``slope``, ``low``/``high`` (``level`` t interval, seeds - 1 df),
-    ``p_value``, ``runs`` and ``seeds``; ``metric`` column."""
-    p = paired(finals, metric)
-    cols = ["metric", "term", "slope", "low", "high", "p_value", "runs", "seeds"]
+    ``p_value``, ``runs``, ``seeds`` and ``diverged_excluded`` (runs left out because they or
+    their standard run diverged: a diverged run's metric is not a difference to average);
+    ``metric`` column."""
+    allp = paired(finals, metric)
+    p = allp[~allp["diverged"]]
+    cols = ["metric", "term", "slope", "low", "high", "p_value", "runs", "seeds", "diverged_excluded"]
     if p.empty or p["seed"].nunique() < 2:
         return pd.DataFrame(columns=cols)
     lr = np.log10(p["ratio"].to_numpy())
@@ -109,7 +115,9 @@ def slopes(finals: pd.DataFrame, metric: str = "test_loss", level: float = 0.95)
         est, se = float(w @ beta), float(math.sqrt(max(w @ cov @ w, 0.0)))
         pv = float(2 * sps.t.sf(abs(est / se), g - 1)) if se > 0 else float("nan")
         rows.append({"metric": metric, "term": term, "slope": est, "low": est - t * se, "high": est + t * se, "p_value": pv,
-                     "runs": int(len(p) if term == "gal - placebo" else (p["kind"] == term).sum()), "seeds": g})
+                     "runs": int(len(p) if term == "gal - placebo" else (p["kind"] == term).sum()), "seeds": g,
+                     "diverged_excluded": int(allp["diverged"].sum() if term == "gal - placebo"
+                                              else allp.loc[allp["kind"] == term, "diverged"].sum())})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -121,6 +129,7 @@ def show_dose_slopes(finals: pd.DataFrame, metric: str = "test_loss", folder: st
     from galcore.experiments.harness.plots import show
 
     p = paired(finals, metric)
+    p = p[~p["diverged"]]
     s = slopes(finals, metric).set_index("term")
     fig, ax = plt.subplots(figsize=(5.8, 3.6))
     lr_all = np.log10(np.array(DOSE_RATIOS))
@@ -162,7 +171,8 @@ def dose_text(table: pd.DataFrame) -> str:
         parts.append(f"{metric}: GAL {ci(s.loc['gal'])}, placebo {ci(s.loc['placebo'])}; the difference (what h adds) "
                      f"{ci(d)}, p = {d['p_value']:.2g}: " + ("the interval excludes 0, so h changes how r acts" if excl else
                      "the interval includes 0, so these runs cannot tell GAL's dose-response from the placebo's")
-                     + f" ({int(d['runs'])} runs over {int(d['seeds'])} seeds, cluster-robust by seed).")
+                     + f" ({int(d['runs'])} runs over {int(d['seeds'])} seeds, cluster-robust by seed"
+                     + (f"; {int(d['diverged_excluded'])} diverged runs left out" if d["diverged_excluded"] else "") + ").")
     return " ".join(parts) if parts else "No dose-response slopes (too few seeds)."
 
 

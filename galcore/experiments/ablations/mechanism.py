@@ -438,9 +438,9 @@ def bound_text(bounds: pd.DataFrame, group: Sequence[str] = ("optimizer",)) -> s
         lines.append(f"- `{arm}` ({at}first_order=\"{form}\", h in {how}): measured ||grad h|| {r['grad']:.2g} "
                      f"(bound {own:.2g}; {'below it on every measured step' if r['ok'] else 'ABOVE it on some step'}), "
                      f"h's relative drift over the run {r['drift']:.2g}"
-                     + (f" (SGD at the bound could move it at most {r['sgd_bound']:.2g} from its gradient"
+                     + (f" (SGD at the bound could move it at most {r['sgd_bound']:.2g} from its gradient; "
                         if "adam" not in how.lower() else " (")
-                     + f"; weight decay alone {r['decay']:.2g})"
+                     + f"weight decay alone {r['decay']:.2g})"
                      + f"; {int(r['n'])} seed(s).")
     ratio = float((g["b_mean"] / g["b_sum"]).median())
     moved = g["drift"]
