@@ -56,7 +56,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from galcore.experiments.classification.study import GAL_SETTINGS, mnist1d_setup
+    from galcore.experiments.classification.plan import GAL_SETTINGS, mnist1d_setup
     from galcore.experiments.harness import run
     from galcore.experiments.harness.stacked import run_stacked
 

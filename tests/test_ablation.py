@@ -12,6 +12,7 @@ import torch
 from galcore import GALConfig
 from galcore.experiments import harness
 from galcore.experiments.ablations import study as A
+from galcore.experiments.ablations import text as ab_text
 from galcore.experiments.harness.models import MLP
 
 
@@ -127,9 +128,9 @@ def test_largest_equivalent_ratio() -> None:
     rows = []
     for r, verdict in ((0.001, "identical"), (0.01, "equivalent"), (0.03, "inconclusive"), (0.1, "equivalent")):
         rows.append({"arm": A.label(r, "frozen"), "control": "standard", "metric": "test_loss", "verdict": verdict})
-    assert A._largest_equivalent(pd.DataFrame(rows)) == 0.01
+    assert ab_text._largest_equivalent(pd.DataFrame(rows)) == 0.01
     rows[0]["verdict"] = "worse"
-    assert A._largest_equivalent(pd.DataFrame(rows)) == 0.0
+    assert ab_text._largest_equivalent(pd.DataFrame(rows)) == 0.0
 
 
 def test_results_view_and_summary_frame() -> None:

@@ -69,8 +69,6 @@ print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))
 
 #: modules allowed over MAX_LINES, each with who splits it; keep this list short
 LONG_MODULES = {
-    "galcore/experiments/classification/study.py": "to be split by the evidence work (notebook 02)",
-    "galcore/experiments/ablations/study.py": "to be split by the evidence work (notebook 05)",
 }
 MAX_LINES = 500
 

@@ -89,3 +89,30 @@ def test_bad_arguments_are_named(data: harness.Data) -> None:
         mechanism.trace(BASE, data, model_fn)
     with pytest.raises(ValueError, match="output-space"):
         mechanism.trace(replace(BASE, gal={"ratio": 0.1}, space="parameter"), data, model_fn)
+
+
+def test_h_gradient_bound_holds_and_orders_the_forms():
+    """The derived bound on h's gradient is above the measured gradient on every measured step,
+    for both first-order forms and for h in the model's SGD or its own Adam; the mean form's
+    bound is first order in lr (far above the sum form's)."""
+    from galcore.experiments.harness import Data
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    data = Data("tiny", x[:64], y[:64], x[64:], y[64:], 3)
+    model = lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    base = TrainConfig(model="tiny", data="tiny", optimizer="momentum", lr=0.1, epochs=2, batch_size=16,
+                       gal={"ratio": 0.1, "compute_dtype": torch.float64})
+    arms = {"sum": base, "mean": replace(base, gal=base.gal.replace(first_order="mean")),
+            "mean, own adam": replace(base, gal=base.gal.replace(first_order="mean"), h_optimizer="adam", h_lr=1e-3)}
+    f = mechanism.bound_arms(arms, (0,), data, model, every=1, progress=False).set_index("arm")
+    assert (f["bound_ok"] == 1).all() and (f["h_grad_norm"] > 0).all()
+    assert (f["bound_mean"] > 10 * f["bound_sum"]).all()
+    assert f.loc["mean", "h_grad_norm"] > 10 * f.loc["sum", "h_grad_norm"]
+    assert f.loc["sum", "h_drift"] <= f.loc["sum", "sgd_drift_bound"]
+    assert list(f["first_order"]) == ["sum", "mean", "mean"] and f.loc["mean, own adam", "h_trained_by"] == "own adam lr 0.001"
+    plain = mechanism.harness.run(replace(arms["mean"], seed=0), data, model)
+    assert plain.weights_hash == f.loc["mean", "weights_hash"]  # measuring leaves the run unchanged
+    with pytest.raises(ValueError, match="first_order"):
+        mechanism.h_gradient_bound(torch.ones(2), torch.ones(2), torch.ones(2), 0.1, 0.1, 2, "exact")

@@ -87,7 +87,8 @@ class TrainConfig:
     release's CIFAR code). ``h_optimizer`` names an optimizer of
     :func:`galcore.experiments.harness.optim.make_optimizer` (e.g. ``"adam"``) for h alone, with
     learning rate ``h_lr`` (default ``lr``; no schedule). ``h_lr`` alone means SGD with
-    momentum 0.9 at that rate. ``frozen_h``: h keeps its random initial weights.
+    momentum 0.9 at that rate. ``frozen_h``: h keeps its random initial weights. ``placebo``: h is
+    replaced by seeded noise (:class:`galcore.experiments.harness.controls.NoiseH`; the control arm).
 
     ``select``: a validation metric (``"val_loss"``, ``"val_error"``...; the data must have a
     validation split) whose best epoch is reported in ``RunResult.final`` (with
@@ -111,6 +112,7 @@ class TrainConfig:
     h_optimizer: str | None = None
     h_lr: float | None = None
     frozen_h: bool = False
+    placebo: bool = False
     select: str | None = None
     probe_every: int = 0
     device: str = "cpu"
@@ -130,6 +132,10 @@ class TrainConfig:
             raise ValueError(f"h_lr must be None or a number > 0, got {self.h_lr!r}")
         if not isinstance(self.frozen_h, bool):
             raise TypeError(f"frozen_h must be True or False, got {self.frozen_h!r}")
+        if not isinstance(self.placebo, bool):
+            raise TypeError(f"placebo must be True or False, got {self.placebo!r}")
+        if self.placebo and self.gal is None:
+            raise ValueError("placebo=True replaces GAL's h: give gal options too")
         if self.select is not None and not (isinstance(self.select, str) and self.select.startswith("val_")):
             raise ValueError(f"select must be None or a validation metric named 'val_...', got {self.select!r}")
 

@@ -50,10 +50,10 @@ _PACKAGE = Path(__file__).resolve().parents[2]  # galcore/
 def code_files() -> list[Path]:
     """The sources whose text decides a training run, hashed into every cache key: the core
     (``galcore/*.py``, ``galcore/integrations/*.py``) and the harness's ``config.py``, ``train.py``, ``optim.py``,
-    ``placebo.py``. Plotting, reporting and notebook modules are not among them."""
+    ``placebo.py``, ``controls.py``. Plotting, reporting and notebook modules are not among them."""
     here = Path(__file__).resolve().parent
     core = sorted(_PACKAGE.glob("*.py")) + sorted((_PACKAGE / "integrations").glob("*.py"))
-    return core + [here / name for name in ("config.py", "train.py", "optim.py", "placebo.py")]
+    return core + [here / name for name in ("config.py", "train.py", "optim.py", "placebo.py", "controls.py")]
 
 
 @functools.lru_cache(maxsize=1)

@@ -70,7 +70,7 @@ def placebo_arm(cfg: TrainConfig) -> PlaceboConfig:
     if cfg.gal is None:
         raise ValueError("placebo_arm: cfg.gal is None; give a GAL arm (its ratio, scale and acceptance rule)")
     fields: dict[str, Any] = {k: getattr(cfg, k) for k in TrainConfig.__dataclass_fields__}
-    fields.update(frozen_h=False, h_optimizer=None, h_lr=None)
+    fields.update(frozen_h=False, h_optimizer=None, h_lr=None, placebo=True)
     return PlaceboConfig(**fields)
 
 
