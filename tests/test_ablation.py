@@ -7,6 +7,8 @@ from dataclasses import asdict, replace
 import numpy as np
 import pandas as pd
 import pytest
+
+from galcore.experiments.harness import margins
 import torch
 
 from galcore import GALConfig
@@ -119,7 +121,9 @@ def test_verdicts_cover_every_comparison_on_both_metrics() -> None:
     assert len(v) == 2 * 2 and set(v["metric"]) == {"test_loss", "test_error"}
     got = v.set_index(["arm", "metric"])["verdict"]
     assert got[("worse", "test_loss")] == "worse" and got[("same", "test_error")] == "identical"
-    assert v.loc[v["metric"] == "test_loss", "margin"].iloc[0] == pytest.approx(A.MARGIN_LOSS_FRACTION * np.mean(ctrl))
+    c = finals[finals["arm"] == "c"].sort_values("seed")
+    want = float(margins.margin_test_loss(c["test_error"], c["test_loss"], A.MARGIN_ERROR))
+    assert v.loc[v["metric"] == "test_loss", "margin"].iloc[0] == pytest.approx(want, nan_ok=True)
     assert (v.loc[v["metric"] == "test_error", "margin"] == A.MARGIN_ERROR).all()
     assert v["setting"].iloc[0] == "worse vs c"
 

@@ -23,7 +23,7 @@ from galcore.experiments.classification.fullscale import (
     fake_cifar,
 )
 from galcore.experiments.classification.mnist1d_models import BASELINE_ACCURACY, MNIST1DCNN, MNIST1DMLP
-from galcore.experiments.harness import Data, Setup, cache_dir, run, state_hash, stats
+from galcore.experiments.harness import Data, Setup, cache_dir, margins, run, state_hash, stats
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +193,8 @@ def test_run_benchmark_frames_and_passes():
 def _synthetic_finals(diffs_err, diffs_nll, base_err=5.0, base_nll=0.2):
     rows = []
     for seed, (de, dn) in enumerate(zip(diffs_err, diffs_nll, strict=True)):
-        e0, n0 = base_err + 0.3 * math.sin(seed), base_nll + 0.01 * math.cos(seed)
+        e0 = base_err + 0.3 * math.sin(seed)
+        n0 = base_nll + 0.03 * (e0 - base_err) + 0.001 * math.cos(seed)  # NLL follows error across seeds
         rows.append({"data": "m", "optimizer": "SGD", "arm": "standard", "seed": seed, "test_error": e0, "test_loss": n0,
                      "cpu_seconds": 1.0, "accept_rate_mean": np.nan, "weights_hash": f"s{seed}"})
         rows.append({"data": "m", "optimizer": "SGD", "arm": "gal", "seed": seed, "test_error": e0 + de, "test_loss": n0 + dn,
@@ -204,12 +205,14 @@ def _synthetic_finals(diffs_err, diffs_nll, base_err=5.0, base_nll=0.2):
 def test_compare_table_margins_verdicts_and_sizing():
     rng = np.random.default_rng(0)
     n = 40
-    # error: GAL 0.5 points better, SD 0.2; NLL: differences tiny against the 1% margin (0.002)
+    # error: GAL 0.5 points better, SD 0.2; NLL: differences tiny against the margin (slope 0.03 x 0.08)
     f = _synthetic_finals(-0.5 + 0.2 * rng.standard_normal(n), 1e-5 * rng.standard_normal(n))
     t = tables.compare_table(f).set_index("metric")
     assert t.loc["test_error", "verdict"] == "better" and t.loc["test_loss", "verdict"] == "equivalent"
     assert t.loc["test_error", "margin"] == plan.MARGIN_ERROR
-    assert t.loc["test_loss", "margin"] == pytest.approx(plan.NLL_MARGIN_REL * f[f["arm"] == "standard"]["test_loss"].mean())
+    std = f[f["arm"] == "standard"].sort_values("seed")
+    want = float(margins.margin_test_loss(std["test_error"], std["test_loss"], plan.MARGIN_ERROR))
+    assert t.loc["test_loss", "margin"] == pytest.approx(want, nan_ok=True)
     sd = t.loc["test_error", "sd_diff"]
     assert t.loc["test_error", "mde"] == pytest.approx(stats.mde(sd, n))
     assert t.loc["test_error", "seeds_needed"] == stats.seeds_needed(sd, plan.RELEASE_GAINS[0])

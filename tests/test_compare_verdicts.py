@@ -85,3 +85,19 @@ def test_how_to_read_names_every_verdict_and_decision_column() -> None:
     for word in (*VERDICTS, "n_diverged", "p_holm", "tost_bound", "ci_excludes_0", "resolution", "reason", "same_as"):
         assert f"`{word}`" in HOW_TO_READ, word
     assert set(COMPARE_COLUMNS) >= {"n_diverged", "p_holm", "tost_bound", "ci_excludes_0", "resolution", "reason", "same_as"}
+
+
+def test_holm_family_adjusts_over_the_study_and_demotes_lost_verdicts() -> None:
+    """Rows of separate compare calls become one Holm family: a p of 0.03 among three tests is
+    no longer significant, and an arm repeating another's computation is left out of the family."""
+    import pandas as pd
+
+    from galcore.experiments.harness.compare import holm_family
+
+    rows = pd.DataFrame({"arm": ["a", "b", "c", "d"], "p_value": [0.01, 0.03, 0.5, 0.03],
+                         "p_holm": [0.01, 0.03, 0.5, 0.03], "verdict": ["better", "worse", "inconclusive", "worse"],
+                         "reason": ["", "", "", ""], "same_as": ["", "", "", "b"]})
+    out = holm_family(rows)
+    assert out["p_holm"].round(6).tolist() == [0.03, 0.06, 0.5, 0.03]
+    assert out["verdict"].tolist() == ["better", "inconclusive", "inconclusive", "worse"]
+    assert "Holm" in out.loc[1, "reason"]

@@ -17,7 +17,7 @@ from galcore.experiments.harness.data import digits
 from galcore.experiments.harness.models import MLP
 from galcore.experiments.harness.profile import Profile, choose, get_profile
 
-__all__ = ["H_MODES", "MARGIN_ERROR", "MARGIN_LOSS_FRACTION", "OUT", "RATIOS", "SHORT", "Study", "arm_table", "gal_arm", "label", "loss_margin", "setup", "space_setup", "split_label", "studies"]
+__all__ = ["H_MODES", "MARGIN_ERROR", "OUT", "RATIOS", "SHORT", "Study", "arm_table", "gal_arm", "label", "loss_margin", "setup", "space_setup", "split_label", "studies"]
 
 _GAL_DEFAULTS = GALConfig()
 
@@ -34,13 +34,17 @@ H_MODES: dict[str, dict[str, Any]] = {
 #: equivalence margin on test error (percentage points): the release's smallest reported gain
 #: (CIFAR-10, SGD: 1.86% -> 1.78%)
 MARGIN_ERROR = 0.08
-#: equivalence margin on test NLL, as a fraction of the standard method's mean test NLL
-MARGIN_LOSS_FRACTION = 0.05
 
 
 def loss_margin(finals: pd.DataFrame, control: str = "standard") -> float:
-    """The test-NLL equivalence margin: :data:`MARGIN_LOSS_FRACTION` of ``control``'s mean."""
-    return MARGIN_LOSS_FRACTION * float(finals.loc[finals["arm"] == control, "test_loss"].mean())
+    """The test-NLL equivalence margin: the one rule of
+    :func:`galcore.experiments.harness.margins.margin_test_loss` (the test-error margin carried
+    over by the error-NLL slope across ``control``'s seeds; NaN, so never `equivalent`, when
+    NLL does not follow error there)."""
+    from galcore.experiments.harness import margins
+
+    c = finals[finals["arm"] == control].sort_values("seed")
+    return float(margins.margin_test_loss(c["test_error"], c["test_loss"], MARGIN_ERROR))
 
 
 # -- the setup --------------------------------------------------------------------------------

@@ -39,7 +39,6 @@ from galcore.experiments.ablations.figures import show_dose, show_mechanism, sho
 from galcore.experiments.ablations.plan import (
     H_MODES,
     MARGIN_ERROR,
-    MARGIN_LOSS_FRACTION,
     OUT,
     RATIOS,
     SHORT,
@@ -75,7 +74,7 @@ from galcore.experiments.ablations.views import (
 )
 
 __all__ = [
-    "H_MODES", "MARGIN_ERROR", "MARGIN_LOSS_FRACTION", "OUT", "RATIOS", "SHORT", "Study", "accept_text", "arm_table",
+    "H_MODES", "MARGIN_ERROR", "OUT", "RATIOS", "SHORT", "Study", "accept_text", "arm_table",
     "base_text", "batch_text", "conclusion", "dose_text", "factors_text", "gal_arm", "label", "loss_margin",
     "mechanism_text", "mechanism_view", "ray_table", "results_view", "run_study", "save_conclusion", "save_summary",
     "setup", "setup_table", "show_dose", "show_mechanism", "show_verdicts", "space_setup", "space_text",

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from galcore.experiments.classification.plan import MARGIN_ERROR, NLL_MARGIN_REL, RELEASE_GAINS, TARGET_MDE
+from galcore.experiments.classification.plan import MARGIN_ERROR, RELEASE_GAINS, TARGET_MDE
+from galcore.experiments.harness.compare import holm_family
 from galcore.experiments.harness import compare, controls, stats
 
 __all__ = ["ESTIMANDS", "compare_table", "merged_arms", "null_pair", "overhead_table", "power_table", "sizing_table",
@@ -39,32 +40,48 @@ def merged_arms(finals: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[Any, ...
     return controls.merge_identical(finals, by=("data", "optimizer"), keep=("standard", "gal", "placebo"))
 
 
-def compare_table(finals: pd.DataFrame, *, margin_error: float = MARGIN_ERROR, nll_margin_rel: float = NLL_MARGIN_REL,
+def compare_table(finals: pd.DataFrame, *, margin_error: float = MARGIN_ERROR, nll_margin_rel: float | None = None,
                   effect: float = RELEASE_GAINS[0], estimands: Sequence[tuple[str, str]] = ESTIMANDS) -> pd.DataFrame:
     """:func:`galcore.experiments.harness.compare` per (data, optimizer) and estimand
     ``(treatment, control)`` of ``estimands`` whose arms both ran (after :func:`merged_arms`:
     an arm identical to standard is not compared again), for ``test_error`` (points; margin
-    ``margin_error``; ``seeds_needed`` at ``effect``) and ``test_loss`` (NLL; margin
-    ``nll_margin_rel`` x the standard arm's mean NLL), both lower-is-better. Adds ``estimand``
+    ``margin_error``; ``seeds_needed`` at ``effect``) and ``test_loss`` (NLL; margin from
+    :func:`galcore.experiments.harness.margins.margin_test_loss`, the error margin carried over by
+    the error-NLL slope across the standard arm's seeds, or ``nll_margin_rel`` x its mean NLL when
+    given), both lower-is-better; test error's ``resolution`` is one test sample. Holm-adjusted
+    within each (data, optimizer) study (:func:`holm_family`). Adds ``estimand``
     (``"gal - placebo"``), ``seeds_needed_large`` (test error, the release's largest gain) and
     ``outputs`` (10). ``table.attrs["merged"]``: the merged arms."""
+    from galcore.experiments.harness import margins
+    from galcore.experiments.harness.data import test_size_of
+
     kept, merged = merged_arms(finals)
     rows = []
     for (data, opt), group in kept.groupby(["data", "optimizer"], sort=False):
         present = set(group["arm"])
-        nll_margin = nll_margin_rel * float(group.loc[group["arm"] == "standard", "test_loss"].mean())
+        control_rows = group[group["arm"] == "standard"].sort_values("seed")
+        n_test = test_size_of(str(data))
+        resolution = margins.error_resolution(n_test) if n_test else None
+        if nll_margin_rel is None:  # the one rule: NLL margin from the error-NLL slope across the control's seeds
+            nll_margin = float(margins.margin_test_loss(control_rows["test_error"], control_rows["test_loss"], margin_error))
+        else:
+            nll_margin = nll_margin_rel * float(control_rows["test_loss"].mean())
+        family = []
         for metric, margin, eff in (("test_error", margin_error, effect), ("test_loss", nll_margin, None)):
             for arm, control in estimands:
                 if arm not in present or control not in present:
                     continue
                 sub = group[group["arm"].isin([arm, control])]
-                t = compare(sub, metric, control=control, margin=margin, lower_is_better=True, effect=eff)
+                t = compare(sub, metric, control=control, margin=margin, lower_is_better=True, effect=eff,
+                            resolution=resolution if metric == "test_error" else None)
                 if metric == "test_error":
                     t["seeds_needed_large"] = [_seeds_needed(v, RELEASE_GAINS[1]) for v in t["sd_diff"]]
                 t.insert(0, "estimand", f"{arm} - {control}")
                 t.insert(0, "optimizer", opt)
                 t.insert(0, "data", data)
-                rows.append(t)
+                family.append(t)
+        if family:
+            rows.append(holm_family(pd.concat(family, ignore_index=True)))
     from galcore.experiments.harness import COMPARE_COLUMNS
 
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["data", "optimizer", "estimand", *COMPARE_COLUMNS])

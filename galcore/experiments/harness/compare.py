@@ -17,7 +17,7 @@ import pandas as pd
 from galcore.experiments.harness import stats
 from galcore.experiments.harness.stats import paired_ci
 
-__all__ = ["COMPARE_COLUMNS", "HOW_TO_READ", "compare", "paired_table"]
+__all__ = ["COMPARE_COLUMNS", "HOW_TO_READ", "compare", "holm_family", "paired_table"]
 
 #: the columns of :func:`compare`'s rows (after any ``by`` columns); see :func:`compare`
 COMPARE_COLUMNS = [
@@ -199,3 +199,23 @@ def paired_table(finals: pd.DataFrame, metric: str, control: str = "standard", l
         res = paired_ci(base.loc[common].to_numpy(), treat.loc[common].to_numpy(), level)
         rows.append({"arm": arm, "metric": metric, "control": control, **res.as_dict()})
     return pd.DataFrame(rows)
+
+
+def holm_family(rows: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Rows of several :func:`compare` calls made one study (one Holm family): ``p_holm`` becomes
+    Holm's adjustment of ``p_value`` over the rows that made a test and repeat no other arm
+    (``same_as`` empty), and a ``better``/``worse`` verdict whose adjusted p is not below
+    ``alpha`` becomes ``inconclusive`` (with the reason). Equivalence (TOST) is not adjusted, as
+    in :func:`compare`. Returns a copy."""
+    out = rows.copy()
+    if out.empty or "p_value" not in out.columns:
+        return out
+    same = out["same_as"].fillna("").astype(str) != "" if "same_as" in out.columns else pd.Series(False, index=out.index)
+    member = ~same & np.isfinite(out["p_value"].astype(float))
+    out.loc[member, "p_holm"] = stats.holm(out.loc[member, "p_value"].astype(float).to_numpy())
+    lost = member & out["verdict"].isin(["better", "worse"]) & ~(out["p_holm"].astype(float) < alpha)
+    out.loc[lost, "verdict"] = "inconclusive"
+    if "reason" in out.columns:
+        out.loc[lost, "reason"] = [f"p = {p:.3g}, Holm-adjusted over {int(member.sum())} tests p = {q:.3g}: not significant"
+                                   for p, q in zip(out.loc[lost, "p_value"], out.loc[lost, "p_holm"], strict=True)]
+    return out

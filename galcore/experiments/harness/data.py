@@ -6,6 +6,8 @@ classes. :func:`digits` gives a fixed, stratified train/test split as tensors.
 
 from __future__ import annotations
 
+import math
+
 import functools
 import os
 from pathlib import Path
@@ -144,3 +146,23 @@ def mnist1d(n_train: int = 4000, n_test: int = 1000, seed: int = 42) -> Data:
         tmp.replace(path)
     return Data(f"mnist1d-{n_train}-{n_test}-{seed}", blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"],
                 num_outputs=10)
+
+
+#: the number of images in scikit-learn's digits data set (the split's test share is of these)
+DIGITS_IMAGES = 1797
+
+
+def test_size_of(name: str) -> int | None:
+    """The number of test samples of a data set from its :class:`Data` name (``mnist1d-<n_train>-
+    <n_test>-<seed>...``, ``digits-<test share>-...``, suffixes such as ``-n4000`` allowed), or
+    ``None`` for a name of another form. Used for one test sample's worth of a metric
+    (:func:`galcore.experiments.harness.margins.error_resolution`)."""
+    parts = str(name).split("-")
+    try:
+        if parts[0] == "mnist1d" and len(parts) >= 3:
+            return int(parts[2])
+        if parts[0] == "digits" and len(parts) >= 2:
+            return math.ceil(float(parts[1]) * DIGITS_IMAGES)  # scikit-learn rounds the test share up
+    except ValueError:
+        return None
+    return None
