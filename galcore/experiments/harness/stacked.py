@@ -287,6 +287,8 @@ def run_stacked(
     for c, m, hist in zip(cfgs, models, histories, strict=True):
         final = dict(hist[-1])
         final["mean_epoch_time"] = sum(h["epoch_time"] for h in hist) / len(hist)
+        final["weights_finite"] = all(bool(torch.isfinite(t).all()) for t in m.state_dict().values()
+                                      if isinstance(t, torch.Tensor) and t.is_floating_point())
         results.append(RunResult(c.to_dict(), hist, final, seconds, [], state_hash(m), cpu))
     return results
 
@@ -319,6 +321,7 @@ def run_arms_stacked(
                 for seed, res in zip(chunk, run_stacked(cfg, chunk, data, model_fn, engine=engine), strict=True):
                     row = {"arm": name, "seed": seed, **res.final, "seconds": res.seconds, "cpu_seconds": res.cpu_seconds,
                            "weights_hash": res.weights_hash}
+                    row["weights_finite"] = bool(res.final["weights_finite"])
                     if "accept_rate" in res.history[0]:
                         row["accept_rate_mean"] = float(np.mean([h["accept_rate"] for h in res.history]))
                     rows[name, seed] = (row, [{"arm": name, "seed": seed, **h} for h in res.history])
